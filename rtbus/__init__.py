@@ -1,0 +1,1 @@
+"""rtbus: a real-time bus server speaking Odoo's bus protocol over PostgreSQL."""

@@ -1,0 +1,73 @@
+"""The exceptions rtbus raises, and the one place where each maps to a wire outcome.
+
+Every error a client can cause or suffer is one of these classes. `WIRE_OUTCOMES`
+says, for each, which WebSocket close code, HTTP status and JSON-RPC error it
+becomes, so transports never grow their own isinstance ladders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import psycopg2.pool
+
+
+class RtbusError(Exception):
+    """Base class of every rtbus error."""
+
+
+class ConfigError(RtbusError):
+    """A setting, flag or configuration file is wrong. The CLI exits with status 2."""
+
+
+class StartupError(RtbusError):
+    """The server cannot start: port in use, database unreachable, bad credentials...
+
+    The message is one sentence an operator can act on; the CLI exits with status 1.
+    """
+
+
+class DatabaseUnavailable(StartupError):
+    """PostgreSQL cannot be reached or refuses the configured credentials."""
+
+
+class PoolError(psycopg2.pool.PoolError, RtbusError):
+    """No database connection could be borrowed from a pool in time.
+
+    Subclasses psycopg2's PoolError so that application code written against
+    psycopg2 (or Odoo, which imports it) catches it unchanged.
+    """
+
+
+class ClusterError(RtbusError):
+    """An embedded or throwaway PostgreSQL cluster could not be created, started or stopped."""
+
+
+class SchemaError(RtbusError):
+    """The database schema is missing, newer than this rtbus, or could not be upgraded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WireOutcome:
+    """How one error class is reported on each transport."""
+
+    close_code: int      # WebSocket close code
+    http_status: int     # HTTP status for plain and JSON-RPC routes
+    retry_after: int | None = None   # seconds, for the Retry-After header
+
+
+# Ordered from most to least specific: the first matching class wins.
+WIRE_OUTCOMES: tuple[tuple[type[BaseException], WireOutcome], ...] = (
+    (PoolError, WireOutcome(close_code=1013, http_status=503, retry_after=1)),
+    (DatabaseUnavailable, WireOutcome(close_code=1013, http_status=503, retry_after=5)),
+)
+
+UNEXPECTED = WireOutcome(close_code=1011, http_status=500)
+
+
+def wire_outcome(exc: BaseException) -> WireOutcome:
+    """Return how `exc` is reported to a client; unknown errors are server errors."""
+    for cls, outcome in WIRE_OUTCOMES:
+        if isinstance(exc, cls):
+            return outcome
+    return UNEXPECTED
