@@ -1,0 +1,127 @@
+"""Suite-wide fixtures: a real PostgreSQL started for the run, fresh databases, and a
+per-test time bound."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import faulthandler
+import os
+import signal
+import sys
+import threading
+
+import pytest
+
+# Importable under any --import-mode, not only pytest's default "prepend".
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pgcluster  # noqa: E402
+
+DEFAULT_TEST_TIMEOUT = 60.0   # seconds a test may run when nothing else sets a bound
+HARD_TIMEOUT_GRACE = 15.0     # then the watchdog kills the run (a test stuck in C code)
+
+
+def _have_pytest_timeout(pluginmanager) -> bool:
+    """pytest-timeout, when active, owns the `timeout` marker and ini option; else we bound tests."""
+    return pluginmanager.has_plugin("timeout")
+
+
+def pytest_addoption(parser, pluginmanager):
+    if not _have_pytest_timeout(pluginmanager):
+        parser.addini("timeout", "default per-test time bound in seconds", default="")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timeout(seconds): bound the test's run time")
+    atexit.register(pgcluster.destroy_all)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Give every test a bound even when nothing configures one (pytest-timeout's default is none)."""
+    if _have_pytest_timeout(config.pluginmanager) and (config.getoption("timeout", None) is not None
+                                 or config.getini("timeout") or os.environ.get("PYTEST_TIMEOUT")):
+        return
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    pgcluster.destroy_all()
+
+
+class TimeBoundExceeded(Exception):
+    """A test ran past its time bound."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """Bound the test call: SIGALRM raises in the main thread at the limit; if the test is
+    stuck where Python cannot run (a blocking C call), a watchdog dumps every thread's
+    stack, removes the clusters and exits the run after a grace period."""
+    if _have_pytest_timeout(item.config.pluginmanager) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    marker = item.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(
+        item.config.getini("timeout") or DEFAULT_TEST_TIMEOUT)
+
+    def on_alarm(signum, frame):
+        raise TimeBoundExceeded(f"{item.nodeid} ran longer than {limit:.0f} s")
+
+    watchdog = threading.Timer(limit + HARD_TIMEOUT_GRACE, _hard_timeout, args=(item.nodeid, limit))
+    watchdog.daemon = True
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    watchdog.start()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        watchdog.cancel()
+
+
+def _hard_timeout(nodeid: str, limit: float) -> None:
+    sys.stderr.write(f"\n*** {nodeid} is stuck {limit + HARD_TIMEOUT_GRACE:.0f} s in: aborting the run\n")
+    faulthandler.dump_traceback(all_threads=True)
+    with contextlib.suppress(Exception):
+        pgcluster.destroy_all()
+    os._exit(3)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway rtbus.db.cluster.Cluster (fsync off, socket + 127.0.0.1) for the whole run."""
+    cluster = pgcluster.start_throwaway("rtbus-test-")
+    try:
+        yield cluster
+    finally:
+        pgcluster.destroy(cluster)
+
+
+@pytest.fixture
+def pg_env(pg_cluster) -> dict[str, str]:
+    """A new dict of RTBUS_DB_HOST/RTBUS_DB_PORT/RTBUS_DB_USER pointing at pg_cluster over TCP."""
+    return pgcluster.env_for(pg_cluster)
+
+
+@pytest.fixture
+def fresh_db(pg_cluster) -> str:
+    """The name of a new empty database on pg_cluster (from template0), dropped after the test."""
+    name = pgcluster.unique_name()
+    pg_cluster.create_database(name, template="template0")
+    try:
+        yield name
+    finally:
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def crash_cluster():
+    """A separate Cluster for tests that kill or restart PostgreSQL, so pg_cluster is never disturbed."""
+    cluster = pgcluster.start_throwaway("rtbus-crash-")
+    try:
+        yield cluster
+    finally:
+        pgcluster.destroy(cluster)
