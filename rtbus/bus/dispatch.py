@@ -1,0 +1,719 @@
+"""ImDispatch: LISTEN `imbus`, read new bus_bus rows once, fan them out to mailboxes.
+
+One dispatcher per process that holds subscribers (the gevent process, or the single
+process when workers=0), created and started explicitly at process start. Its thread
+(a greenlet under gevent's monkey-patching: only threading, select, time and psycopg2
+are used here) owns direct connections, not pooled ones:
+
+* one LISTENing on the imbus database (`postgres` by default), where the Python API
+  NOTIFYs for every database of the cluster;
+* one on each served database, LISTENing too (the SQL function NOTIFYs in its own
+  database) and used for reading that database's bus_bus.
+
+Per wake-up and per database it runs ONE query, whatever the number of subscribers:
+
+    SELECT id, channel, message FROM bus_bus WHERE id > :cursor [OR id = ANY(:gaps)]
+
+then groups the rows by subscriber in memory, encodes each distinct batch once and
+puts the same bytes in every mailbox that wants exactly those rows.
+
+Exactly-once bookkeeping, per database:
+
+* `cursor` is the highest id fetched. Ids below it that were missing when it moved
+  (transactions still open, or rolled back) are `gaps`, re-queried at every fetch so
+  that a transaction committing after a higher id was delivered is still delivered.
+  A gap is dropped after `history_seconds` (Odoo 17+'s 10 s), counted at the first
+  fetch after that age, so an outage does not expire gaps unseen.
+* A subscriber's catch-up (rows after its `last`, or the last `backlog_seconds` when
+  `last` is 0) reads only `id <= cursor AND id NOT IN gaps` as they were before the
+  live fetch of the same cycle: everything above or in the gaps reaches it through
+  that live fetch instead, so nothing is delivered twice and nothing falls between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import selectors
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+import orjson
+import psycopg2
+
+from rtbus.bus import channels as bus_channels
+from rtbus.bus.mailbox import Mailbox
+from rtbus.bus.notify import IMBUS
+
+__all__ = ["ImDispatch", "Mailbox"]
+
+logger = logging.getLogger("rtbus.bus.dispatch")
+
+HISTORY_SECONDS = 10.0        # Odoo 17+ MAX_NOTIFICATION_HISTORY_SEC
+BACKLOG_SECONDS = 50.0        # Odoo's TIMEOUT: what `last = 0` replays
+IDLE_FETCH_SECONDS = 30.0     # safety-net fetch when no NOTIFY came (a lost NOTIFY)
+INITIAL_GAP_WINDOW = 100      # ids below the start-up max checked for open transactions
+MAX_GAPS = 10_000             # bound on tracked gaps (a sequence jump must not blow memory)
+BACKOFF_FIRST = 0.25          # seconds; jittered down to half, so < 0.5 s
+BACKOFF_MAX = 5.0
+STATEMENT_TIMEOUT_MS = 30_000
+
+_LIVE_SQL = "SELECT id, channel, message FROM bus_bus WHERE id > %(cursor)s ORDER BY id"
+_LIVE_GAPS_SQL = ("SELECT id, channel, message FROM bus_bus"
+                  " WHERE id > %(cursor)s OR id = ANY(%(gaps)s) ORDER BY id")
+_INIT_SQL = ("SELECT id FROM bus_bus WHERE id > (SELECT coalesce(max(id), 0) FROM bus_bus)"
+             " - %(window)s ORDER BY id")
+_RECENT = "create_date >= (now() at time zone 'utc') - %(backlog)s * interval '1 second'"
+_CATCHUP_SQL = ("SELECT id, channel, message, " + _RECENT + " AS recent FROM bus_bus"
+                " WHERE channel = ANY(%(channels)s) AND id <= %(cursor)s"
+                " AND NOT (id = ANY(%(gaps)s)) AND ({condition}) ORDER BY id")
+
+
+class _Row:
+    """One bus_bus row; `blob` is its wire form, built once and shared by all batches."""
+
+    __slots__ = ("id", "channel", "blob", "recent")
+
+    def __init__(self, row_id: int, channel: str, message: str | None, recent: bool = True):
+        self.id = row_id
+        self.channel = channel
+        self.blob = b'{"id":%d,"message":%s}' % (row_id, (message or "null").encode("utf-8"))
+        self.recent = recent
+
+
+class _Subscriber:
+    __slots__ = ("key", "dbname", "mailbox", "channels", "position")
+
+    def __init__(self, key, dbname: str, mailbox: Mailbox):
+        self.key = key
+        self.dbname = dbname
+        self.mailbox = mailbox
+        self.channels: frozenset[str] = frozenset()   # registered in the channel map
+        self.position = 0                              # adopted `last`, then highest id put
+
+
+@dataclasses.dataclass
+class _CatchUp:
+    """Channels a subscriber has just added, waiting for the next cycle of its database."""
+
+    added: set[str]
+    last: int
+    adopt: bool        # first `last` of this subscriber: clamp it, and filter live rows by it
+
+
+class _Database:
+    def __init__(self, name: str):
+        self.name = name
+        self.cursor: int | None = None                 # None until the first link opens
+        self.gaps: dict[int, float] = {}               # id -> monotonic time first missed
+        self.subscribers: dict[str, set[_Subscriber]] = {}
+        self.catchups: dict[_Subscriber, _CatchUp] = {}
+        self.woken = False
+        self.stale = False          # a NOTIFY was skipped: rows lie above the cursor
+        self.last_fetch = 0.0
+
+    def register(self, channel: str, sub: _Subscriber) -> None:
+        self.subscribers.setdefault(channel, set()).add(sub)
+
+    def unregister(self, channel: str, sub: _Subscriber) -> None:
+        subs = self.subscribers.get(channel)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.subscribers[channel]
+
+
+class _Link:
+    """A direct connection LISTENing on `imbus` in one database."""
+
+    def __init__(self, dbname: str):
+        self.dbname = dbname
+        self.conn = None
+
+    @property
+    def up(self) -> bool:
+        return self.conn is not None
+
+
+@dataclasses.dataclass
+class _Request:
+    key: object
+    dbname: str | None = None            # None: unsubscribe
+    channels: frozenset[str] = frozenset()
+    last: int = 0
+    mailbox: Mailbox | None = None
+
+
+class ImDispatch:
+    """The per-process bus dispatcher. See the module docstring for the guarantees.
+
+    `connect_kwargs(dbname)` returns psycopg2.connect() keyword arguments for a
+    database. `databases` are the databases whose subscribers this dispatcher serves;
+    `imbus_db_name` is where the Python API NOTIFYs. subscribe(), unsubscribe() and
+    stats() are thread-safe and never block on the database.
+    """
+
+    def __init__(self, connect_kwargs: Callable[[str], dict], databases: Iterable[str], *,
+                 imbus_db_name: str = "postgres",
+                 history_seconds: float = HISTORY_SECONDS,
+                 backlog_seconds: float = BACKLOG_SECONDS,
+                 idle_fetch_seconds: float = IDLE_FETCH_SECONDS,
+                 backoff_first: float = BACKOFF_FIRST, backoff_max: float = BACKOFF_MAX,
+                 application_name: str = "rtbus-imdispatch"):
+        self._connect_kwargs = connect_kwargs
+        self.imbus_db_name = imbus_db_name
+        self.history_seconds = history_seconds
+        self.backlog_seconds = backlog_seconds
+        self.idle_fetch_seconds = idle_fetch_seconds
+        self.backoff_first = backoff_first
+        self.backoff_max = backoff_max
+        self.application_name = application_name
+        self._dbs = {name: _Database(name) for name in databases}
+        # The imbus link first: LISTEN there before reading any start-up cursor.
+        self._links = {name: _Link(name) for name in [imbus_db_name, *self._dbs]}
+        self._subs: dict[object, _Subscriber] = {}     # owned by the dispatcher thread
+        self._requests: list[_Request] = []
+        self._requests_lock = threading.Lock()
+        self._requested = 0                       # requests enqueued so far
+        self._taken = 0                           # requests taken by the thread
+        self._applied = 0                         # ... and fully served (catch-ups delivered)
+        self._applied_cond = threading.Condition(self._requests_lock)
+        self._stopping = threading.Event()
+        self._first_round = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self._outage_since: float | None = None
+        self._outage_attempts = 0
+        self._next_attempt = 0.0
+        self._counters = dict.fromkeys(
+            ("wakeups", "notifies", "queries", "live_queries", "catchup_queries",
+             "rows_fetched", "deliveries", "batches_encoded", "mailbox_puts", "overflows",
+             "listen_connects", "listen_reconnects", "gaps_filled", "gaps_expired"), 0)
+
+    @classmethod
+    def from_config(cls, config, databases: Iterable[str] | None = None, **kwargs) -> ImDispatch:
+        """A dispatcher for the config's served databases (or `databases`)."""
+        from rtbus.db.connect import connect_kwargs, served_databases
+
+        def kwargs_for(dbname: str) -> dict:
+            return connect_kwargs(config, dbname=dbname, application_name="rtbus-imdispatch")
+
+        if databases is None:
+            databases = served_databases(config)
+        return cls(kwargs_for, databases, imbus_db_name=config.imbus_db_name, **kwargs)
+
+    # -- lifecycle (any thread) -----------------------------------------------------------
+
+    def start(self, wait: float | None = 10.0) -> bool:
+        """Start the dispatcher thread; wait up to `wait` s for its first connection round.
+
+        Returns True when every LISTEN connection is up. When some are not, the thread
+        keeps retrying with backoff and the method returns False. Raises RuntimeError
+        if already started.
+        """
+        if self._thread is not None:
+            raise RuntimeError("ImDispatch already started")
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        self._thread = threading.Thread(target=self._run, name="rtbus.bus.dispatch", daemon=True)
+        self._thread.start()
+        if wait:
+            self._first_round.wait(wait)
+        return all(link.up for link in self._links.values())
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread and close its connections; True if it ended within `timeout`."""
+        if self._thread is None:
+            return True
+        self._stopping.set()
+        self._wake()
+        self._thread.join(timeout)
+        stopped = not self._thread.is_alive()
+        if stopped:
+            fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        return stopped
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- subscriptions (any thread) -------------------------------------------------------
+
+    def subscribe(self, subscriber_key, dbname: str, channels: Iterable[str], last: int,
+                  mailbox: Mailbox) -> None:
+        """Set the channels of `subscriber_key` (replacing its previous set).
+
+        `channels` are encoded channels anchored to `dbname`. The first `last` of a
+        subscriber is adopted (later ones are ignored, as in Odoo 17+): everything
+        after it on its channels is delivered, or the last `backlog_seconds` when it
+        is 0 or above the database's max id. A channel added by a later subscribe is
+        caught up from the highest id already delivered to this subscriber. A
+        different dbname or mailbox for a known key starts a new subscription.
+        Raises InvalidChannel, or ValueError for a database not served.
+        """
+        if dbname not in self._dbs:
+            raise ValueError(f"database {dbname!r} is not served by this dispatcher "
+                             f"(serving: {', '.join(sorted(self._dbs)) or 'none'})")
+        wanted = frozenset(channels)
+        for channel in wanted:
+            if bus_channels.database_of(channel) != dbname:
+                raise bus_channels.InvalidChannel(
+                    f"channel {channel} is not anchored to database {dbname!r}")
+        self._enqueue(_Request(subscriber_key, dbname, wanted, max(int(last or 0), 0), mailbox))
+
+    def unsubscribe(self, subscriber_key) -> None:
+        """Forget a subscriber; a batch may still reach its mailbox until this is processed."""
+        self._enqueue(_Request(subscriber_key))
+
+    def stats(self) -> dict:
+        """Counters since start, plus gauges: subscribers, channels, listen_connections, gaps."""
+        stats = dict(self._counters)
+        dbs = list(self._dbs.values())
+        stats["subscribers"] = len(self._subs)
+        stats["channels"] = sum(len(db.subscribers) for db in dbs)
+        stats["gaps"] = sum(len(db.gaps) for db in dbs)
+        stats["listen_connections"] = sum(link.up for link in list(self._links.values()))
+        stats["outage"] = self._outage_since is not None
+        return stats
+
+    def wait_applied(self, timeout: float = 5.0) -> bool:
+        """Wait until every subscribe/unsubscribe made before this call took effect.
+
+        "Took effect" includes the delivery of their catch-up to the mailboxes. Returns
+        False on timeout (a database link down keeps catch-ups waiting).
+        """
+        deadline = time.monotonic() + timeout
+        with self._applied_cond:
+            target = self._requested
+            while self._applied < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._applied_cond.wait(remaining)
+        return True
+
+    def _enqueue(self, request: _Request) -> None:
+        with self._requests_lock:
+            self._requests.append(request)
+            self._requested += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        # A full pipe already guarantees a wake-up.
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"x")
+
+    # -- the dispatcher thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        logger.info("ImDispatch listening on %r in database(s) %s for %d served database(s)",
+                    IMBUS, ", ".join(self._links), len(self._dbs))
+        try:
+            self._reconnect(initial=True)
+            self._first_round.set()
+            while not self._stopping.is_set():
+                try:
+                    self._iterate()
+                except Exception:
+                    # A bug, not a connection problem (those are handled where they occur):
+                    # keep serving, but do not spin.
+                    logger.exception("ImDispatch iteration failed")
+                    self._stopping.wait(1.0)
+        finally:
+            self._first_round.set()
+            for link in self._links.values():
+                self._close_link(link)
+            logger.info("ImDispatch stopped")
+
+    def _iterate(self) -> None:
+        now = time.monotonic()
+        ready = self._wait(self._next_timeout(now))
+        if self._stopping.is_set():
+            return
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.read(self._wake_r, 4096)
+        notified = False
+        for link in list(self._links.values()):
+            if link.up and link.conn.fileno() in ready:
+                notified |= self._read_notifies(link)
+        if notified:
+            self._counters["wakeups"] += 1
+        self._apply_requests()
+        now = time.monotonic()
+        if self._outage_since is not None and now >= self._next_attempt:
+            self._reconnect()
+        for db in self._dbs.values():
+            if (db.subscribers or db.stale) and now - db.last_fetch >= self.idle_fetch_seconds:
+                db.woken = True
+            if (db.woken or db.catchups) and self._links[db.name].up:
+                self._cycle(db)
+        if not any(db.catchups for db in self._dbs.values()):
+            with self._applied_cond:
+                if self._applied != self._taken:
+                    self._applied = self._taken
+                    self._applied_cond.notify_all()
+
+    def _next_timeout(self, now: float) -> float:
+        timeout = self.idle_fetch_seconds
+        if self._outage_since is not None:
+            timeout = min(timeout, self._next_attempt - now)
+        return max(timeout, 0.0)
+
+    def _wait(self, timeout: float) -> set[int]:
+        # A selector, not select.select(): a process with thousands of sockets hands
+        # out descriptors above FD_SETSIZE.
+        fds = [self._wake_r] + [link.conn.fileno() for link in self._links.values() if link.up]
+        try:
+            with selectors.DefaultSelector() as selector:
+                for fd in fds:
+                    selector.register(fd, selectors.EVENT_READ)
+                return {key.fd for key, _ in selector.select(timeout)}
+        except (OSError, ValueError):
+            # A connection closed under us: its next use reports the error properly.
+            return set(fds)
+
+    # -- notifications ------------------------------------------------------------------------
+
+    def _read_notifies(self, link: _Link) -> bool:
+        """Consume the link's NOTIFYs, mark the databases to fetch; True if any came."""
+        try:
+            link.conn.poll()
+        except psycopg2.Error as exc:
+            self._link_failed(link, exc)
+            return False
+        notifies = list(link.conn.notifies)
+        link.conn.notifies.clear()
+        for notify in notifies:
+            if notify.channel == IMBUS:
+                self._counters["notifies"] += 1
+                self._wake_databases(link, notify.payload)
+        return bool(notifies)
+
+    def _wake_databases(self, link: _Link, payload: str) -> None:
+        """Mark for fetching the databases with a subscriber on an announced channel."""
+        try:
+            announced = [(channel[0], bus_channels.encode_channel(channel))
+                         for channel in orjson.loads(payload)]
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError, TypeError, IndexError,
+                KeyError):
+            # Not the list of anchored channels we expect (another sender, an old
+            # format): fetch rather than risk missing something.
+            names = self._dbs if link.dbname == self.imbus_db_name else [link.dbname]
+            for name in names:
+                if name in self._dbs:
+                    self._dbs[name].woken = True
+            return
+        for name, channel in announced:
+            db = self._dbs.get(name) if isinstance(name, str) else None
+            if db is None:
+                continue
+            if channel in db.subscribers:
+                db.woken = True
+            else:
+                # Nobody here listens to it: no query now, the cursor catches up later.
+                db.stale = True
+
+    # -- subscription requests --------------------------------------------------------------
+
+    def _apply_requests(self) -> None:
+        with self._requests_lock:
+            requests, self._requests = self._requests, []
+            self._taken += len(requests)
+        for request in requests:
+            if request.dbname is None:
+                self._remove(request.key)
+            else:
+                self._apply_subscribe(request)
+
+    def _remove(self, key) -> None:
+        sub = self._subs.pop(key, None)
+        if sub is None:
+            return
+        db = self._dbs[sub.dbname]
+        for channel in sub.channels:
+            db.unregister(channel, sub)
+        db.catchups.pop(sub, None)
+
+    def _apply_subscribe(self, request: _Request) -> None:
+        sub = self._subs.get(request.key)
+        if sub is not None and (sub.dbname != request.dbname or sub.mailbox is not request.mailbox):
+            self._remove(request.key)
+            sub = None
+        if sub is None:
+            sub = self._subs[request.key] = _Subscriber(request.key, request.dbname,
+                                                        request.mailbox)
+        db = self._dbs[request.dbname]
+        for channel in sub.channels - request.channels:
+            db.unregister(channel, sub)
+        sub.channels &= request.channels
+        added = set(request.channels - sub.channels)
+        pending = db.catchups.get(sub)
+        if pending is not None:
+            pending.added = (pending.added & request.channels) | added
+        elif added or sub.position == 0:
+            # Registration of the added channels waits for the cycle, which takes the
+            # snapshot that splits catch-up from live delivery.
+            adopt = sub.position == 0
+            db.catchups[sub] = _CatchUp(added, request.last if adopt else 0, adopt)
+
+    # -- one fetch-and-deliver cycle for one database ---------------------------------------
+
+    def _cycle(self, db: _Database) -> None:
+        link = self._links[db.name]
+        catchups, db.catchups = db.catchups, {}
+        snapshot_cursor, snapshot_gaps = db.cursor, dict(db.gaps)
+        try:
+            with link.conn.cursor() as cur:
+                live = self._fetch_live(cur, db)
+                caught = self._fetch_catchups(cur, db, catchups, snapshot_cursor,
+                                              list(snapshot_gaps))
+        except psycopg2.Error as exc:
+            # Undo the cycle: the live rows are dropped with the cursor and gaps restored,
+            # and the catch-ups wait for the next cycle, so both are fetched again.
+            db.cursor, db.gaps = snapshot_cursor, snapshot_gaps
+            catchups.update(db.catchups)
+            db.catchups = catchups
+            db.last_fetch = time.monotonic()
+            if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) \
+                    or link.conn is None or link.conn.closed:
+                db.woken = True
+                self._link_failed(link, exc)
+            else:
+                # Not the connection (bus_bus missing, say): retried at the idle interval.
+                db.woken = False
+                logger.error("ImDispatch fetch failed in database %s: %s; retrying in %.0f s",
+                             db.name, str(exc).strip(), self.idle_fetch_seconds)
+            return
+        db.woken = db.stale = False
+        db.last_fetch = time.monotonic()
+        self._deliver(db, live, caught)
+
+    def _fetch_live(self, cur, db: _Database) -> list[_Row]:
+        params = {"cursor": db.cursor, "gaps": list(db.gaps)}
+        cur.execute(_LIVE_GAPS_SQL if db.gaps else _LIVE_SQL, params)
+        fetched = cur.fetchall()
+        self._counters["queries"] += 1
+        self._counters["live_queries"] += 1
+        self._counters["rows_fetched"] += len(fetched)
+        self._advance(db, [row[0] for row in fetched])
+        return [_Row(row_id, channel, message) for row_id, channel, message in fetched
+                if _plausible_message(db, row_id, message)]
+
+    def _advance(self, db: _Database, ids: list[int]) -> None:
+        """Move the cursor past `ids`, track the ids it skipped, expire old gaps."""
+        now = time.monotonic()
+        for row_id in ids:
+            if db.gaps.pop(row_id, None) is not None:
+                self._counters["gaps_filled"] += 1
+        top = max(ids, default=db.cursor)
+        if top > db.cursor:
+            seen = set(ids)
+            for missing in range(max(db.cursor + 1, top - MAX_GAPS), top):
+                if missing not in seen:
+                    db.gaps[missing] = now
+            db.cursor = top
+        # Expire after the query, so a gap older than the window is still looked at
+        # once (after an outage, say) before it is given up.
+        expired = [gap for gap, since in db.gaps.items() if now - since > self.history_seconds]
+        for gap in expired:
+            del db.gaps[gap]
+        self._counters["gaps_expired"] += len(expired)
+        if len(db.gaps) > MAX_GAPS:
+            for gap in sorted(db.gaps)[:len(db.gaps) - MAX_GAPS]:
+                del db.gaps[gap]
+
+    def _fetch_catchups(self, cur, db: _Database, catchups: dict[_Subscriber, _CatchUp],
+                        snapshot_cursor: int, snapshot_gaps: list[int]
+                        ) -> dict[_Subscriber, tuple[_CatchUp, list[_Row]]]:
+        """Run one query for all of this cycle's catch-ups; return each one's rows.
+
+        Only rows at or below the pre-live-fetch cursor and outside its gaps: the rest
+        reached these subscribers (or will) through live delivery.
+        """
+        if not catchups:
+            return {}
+        for sub, catchup in catchups.items():
+            if catchup.adopt:
+                # A `last` above what the database has is from another life of it: replay.
+                catchup.last = catchup.last if catchup.last <= db.cursor else 0
+                sub.position = max(sub.position, catchup.last)
+            else:
+                catchup.last = sub.position
+        wanted = set().union(*(c.added for c in catchups.values()))
+        rows: list[_Row] = []
+        if wanted:
+            lasts = [c.last for c in catchups.values() if c.added and c.last > 0]
+            windows = any(c.added and c.last == 0 for c in catchups.values())
+            conditions = []
+            if lasts:
+                conditions.append("id > %(min_last)s")
+            if windows:
+                conditions.append(_RECENT)
+            cur.execute(_CATCHUP_SQL.format(condition=" OR ".join(conditions)), {
+                "channels": sorted(wanted), "cursor": snapshot_cursor, "gaps": snapshot_gaps,
+                "min_last": min(lasts, default=0), "backlog": self.backlog_seconds})
+            rows = [_Row(row_id, channel, message, recent)
+                    for row_id, channel, message, recent in cur.fetchall()
+                    if _plausible_message(db, row_id, message)]
+            self._counters["queries"] += 1
+            self._counters["catchup_queries"] += 1
+            self._counters["rows_fetched"] += len(rows)
+        caught = {}
+        for sub, catchup in catchups.items():
+            mine = [row for row in rows if row.channel in catchup.added
+                    and (row.id > catchup.last if catchup.last else row.recent)]
+            caught[sub] = (catchup, mine)
+        return caught
+
+    # -- fan-out --------------------------------------------------------------------------------
+
+    def _deliver(self, db: _Database, live: list[_Row],
+                 caught: dict[_Subscriber, tuple[_CatchUp, list[_Row]]]) -> None:
+        """Group rows by subscriber, encode each distinct batch once, fill mailboxes."""
+        wants: dict[_Subscriber, list[_Row]] = {}
+        for row in live:
+            for sub in db.subscribers.get(row.channel, ()):
+                wants.setdefault(sub, []).append(row)
+        for sub, (catchup, rows) in caught.items():
+            if self._subs.get(sub.key) is not sub:
+                continue
+            for channel in catchup.added:
+                db.register(channel, sub)
+            sub.channels |= catchup.added
+            # Live rows on the new channels, except those its adopted `last` says it has.
+            fresh = [row for row in live if row.channel in catchup.added
+                     and not (catchup.adopt and catchup.last and row.id <= catchup.last)]
+            if rows or fresh:
+                merged = {row.id: row for row in (*wants.get(sub, ()), *rows, *fresh)}
+                wants[sub] = [merged[row_id] for row_id in sorted(merged)]
+        if not wants:
+            return
+        batches: dict[tuple[int, ...], tuple[bytes, list[int]]] = {}
+        counters = self._counters
+        for sub, rows in wants.items():
+            if sub.mailbox.overflowed or sub.mailbox.closed:
+                continue           # the transport is closing it; it will unsubscribe
+            ids = [row.id for row in rows]
+            signature = tuple(ids)
+            encoded = batches.get(signature)
+            if encoded is None:
+                batch = b"[" + b",".join(row.blob for row in rows) + b"]"
+                encoded = batches[signature] = (batch, ids)
+                counters["batches_encoded"] += 1
+            if sub.mailbox.put(*encoded):
+                counters["mailbox_puts"] += 1
+                counters["deliveries"] += len(ids)
+                sub.position = max(sub.position, ids[-1])
+            elif sub.mailbox.overflowed:
+                counters["overflows"] += 1
+
+    # -- connections and outages ----------------------------------------------------------------
+
+    def _reconnect(self, initial: bool = False) -> None:
+        """Open every link that is down; start, continue or end the outage accordingly."""
+        self._outage_attempts += 0 if initial else 1
+        failures = []
+        for link in self._links.values():
+            if link.up:
+                continue
+            try:
+                self._open_link(link)
+            except psycopg2.Error as exc:
+                failures.append((link.dbname, exc))
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    logger.warning("ImDispatch cannot LISTEN in database %s: %s; retrying "
+                                   "with backoff", link.dbname, str(exc).strip())
+                # The imbus link first: without it, a served link's cursor could be
+                # read after NOTIFYs it will never hear.
+                break
+        now = time.monotonic()
+        if failures:
+            self._next_attempt = now + self._backoff(self._outage_attempts)
+            return
+        if self._outage_since is not None and not initial:
+            self._counters["listen_reconnects"] += 1
+            logger.info("ImDispatch LISTEN restored after %.1f s and %d attempts",
+                        now - self._outage_since, self._outage_attempts)
+        self._outage_since = None
+        self._outage_attempts = 0
+        # Anything committed while we were deaf is above the cursors: fetch everywhere.
+        for db in self._dbs.values():
+            db.woken = True
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.backoff_max, self.backoff_first * (2 ** attempt))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _open_link(self, link: _Link) -> None:
+        kwargs = dict(self._connect_kwargs(link.dbname))
+        kwargs["dbname"] = link.dbname
+        kwargs.setdefault("application_name", self.application_name)
+        # A vanished server (no FIN: power loss, partition) must not leave us deaf forever.
+        for key, value in (("keepalives", 1), ("keepalives_idle", 30),
+                           ("keepalives_interval", 10), ("keepalives_count", 3),
+                           ("connect_timeout", 5)):
+            kwargs.setdefault(key, value)
+        conn = psycopg2.connect(**kwargs)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SET statement_timeout = %s", (STATEMENT_TIMEOUT_MS,))
+                cur.execute("LISTEN " + IMBUS)
+                db = self._dbs.get(link.dbname)
+                if db is not None and db.cursor is None:
+                    self._init_cursor(cur, db)
+        except BaseException:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+            raise
+        link.conn = conn
+        self._counters["listen_connects"] += 1
+
+    def _init_cursor(self, cur, db: _Database) -> None:
+        """Start at the current max id; recent missing ids may be open transactions."""
+        cur.execute(_INIT_SQL, {"window": INITIAL_GAP_WINDOW})
+        ids = [row_id for row_id, in cur.fetchall()]
+        self._counters["queries"] += 1
+        db.cursor = max(0, ids[-1] - INITIAL_GAP_WINDOW) if ids else 0
+        self._advance(db, ids)
+
+    def _link_failed(self, link: _Link, exc: BaseException) -> None:
+        self._close_link(link)
+        if self._stopping.is_set():
+            return
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            self._outage_attempts = 0
+            self._next_attempt = self._outage_since + self._backoff(0)
+            logger.warning("ImDispatch lost its LISTEN connection to database %s (%s); "
+                           "reconnecting with backoff", link.dbname, str(exc).strip())
+        else:
+            logger.debug("ImDispatch: LISTEN connection to %s also lost: %s", link.dbname, exc)
+        for db in self._dbs.values():
+            db.woken = True
+
+    def _close_link(self, link: _Link) -> None:
+        conn, link.conn = link.conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+
+
+def _plausible_message(db: _Database, row_id: int, message: str | None) -> bool:
+    # Messages are spliced into the batch without decoding; a row written by hand that
+    # is not a JSON object would corrupt every batch it is part of.
+    if message is None or (message.startswith("{") and message.endswith("}")):
+        return True
+    logger.warning("bus_bus row %d in database %s is not a JSON object: skipped", row_id, db.name)
+    return False

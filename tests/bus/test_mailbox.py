@@ -1,0 +1,53 @@
+"""Mailbox: the bounded per-client queue (no database)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rtbus.bus.mailbox import Mailbox
+
+
+def test_fifo_and_last_id():
+    box = Mailbox(100)
+    assert box.put(b"[1]", [1]) and box.put(b"[2,3]", [2, 3])
+    assert (len(box), box.pending_bytes, box.last_id) == (2, 8, 3)
+    assert box.get(0) == b"[1]"
+    assert box.get(0) == b"[2,3]"
+    assert box.get(0) is None
+
+
+def test_get_waits_for_a_put_from_another_thread():
+    box = Mailbox(100)
+    threading.Timer(0.05, box.put, args=(b"[]", [])).start()
+    assert box.get(5) == b"[]"
+    started = time.monotonic()
+    assert box.get(0.05) is None
+    assert time.monotonic() - started >= 0.04
+
+
+def test_overflow_refuses_marks_and_calls_back_once():
+    calls = []
+    box = Mailbox(10, on_overflow=calls.append)
+    assert box.put(b"x" * 6, [1])
+    assert not box.put(b"y" * 6, [2])            # 12 > 10
+    assert box.overflowed and calls == [box]
+    assert not box.put(b"z", [3])
+    assert calls == [box]
+    assert box.get(0) == b"x" * 6                 # what was queued before stays readable
+    assert box.get(1) is None                     # then returns at once
+    assert box.last_id == 1
+
+
+def test_an_oversized_batch_enters_an_empty_mailbox():
+    box = Mailbox(10)
+    assert box.put(b"x" * 50, [1])
+    assert not box.put(b"y", [2])
+    assert box.overflowed
+
+
+def test_close_wakes_a_waiting_getter():
+    box = Mailbox(10)
+    threading.Timer(0.05, box.close).start()
+    assert box.get(5) is None
+    assert not box.put(b"[]", [])
