@@ -1,0 +1,36 @@
+# rtbus — the two commands a new user needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test docs bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the server: prefork master with 2 HTTP workers, the gevent longpolling
+## process and a cron worker, on an embedded PostgreSQL unless a database is configured.
+run: install
+	$(BIN)/rtbus-server --workers=2 $(ARGS)
+
+## Run the whole test suite (it starts its own throwaway PostgreSQL clusters).
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Regenerate the derived documentation and sample configuration.
+docs: install
+	$(BIN)/python -m rtbus.config --markdown > docs/configuration.md
+	$(BIN)/python -m rtbus.config --sample-conf > conf/rtbus.conf
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

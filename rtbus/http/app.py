@@ -1,0 +1,79 @@
+"""The WSGI application served by the HTTP workers, the gevent process and single mode.
+
+Routes are declared in one werkzeug Map. Each process builds one Application
+with what that process has: every process has a connection pool; only the
+processes that hold subscribers (gevent, single) have a dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from rtbus import errors
+from rtbus.http import health
+from rtbus.http.responses import error_response, json_response
+
+_logger = logging.getLogger(__name__)
+
+ROLES = ("http", "gevent", "single")
+
+
+class Application:
+    """A WSGI callable routing requests to endpoint functions ``f(app, request) -> Response``."""
+
+    def __init__(self, config, *, role: str, pool, dispatcher=None):
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        self.config = config
+        self.role = role
+        self.pool = pool
+        self.dispatcher = dispatcher
+        self.url_map = Map([
+            Rule("/", endpoint=index, methods=["GET", "HEAD"]),
+            Rule("/websocket/health", endpoint=health.websocket_health, methods=["GET", "HEAD"]),
+        ])
+
+    @property
+    def serves_subscribers(self) -> bool:
+        """True in the processes that hold websockets and long-polls."""
+        return self.role in ("gevent", "single")
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        response = self.dispatch(request)
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        adapter = self.url_map.bind_to_environ(request.environ)
+        try:
+            endpoint, arguments = adapter.match()
+            return endpoint(self, request, **arguments)
+        except NotFound:
+            return error_response(404, f"no route for {request.path}")
+        except MethodNotAllowed as exc:
+            allowed = ", ".join(exc.valid_methods or ())
+            return error_response(405, f"{request.method} is not allowed on {request.path}; use {allowed}",
+                                  {"Allow": allowed})
+        except HTTPException as exc:
+            return error_response(exc.code or 500, exc.description or exc.name)
+        except Exception as exc:   # each error class maps to one outcome, in errors.py
+            outcome = errors.wire_outcome(exc)
+            headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
+            if outcome is errors.UNEXPECTED:
+                _logger.exception("error while serving %s %s", request.method, request.path)
+                return error_response(500, "internal server error")
+            _logger.warning("%s %s: %s", request.method, request.path, exc)
+            return error_response(outcome.http_status, str(exc), headers)
+
+
+def index(app: Application, request: Request) -> Response:
+    """A short description of this server, for people who open the port in a browser."""
+    return json_response({
+        "server": "rtbus",
+        "role": app.role,
+        "routes": sorted(rule.rule for rule in app.url_map.iter_rules()),
+    })

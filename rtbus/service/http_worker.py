@@ -1,0 +1,173 @@
+"""An HTTP worker: a forked child serving one request at a time from the shared socket.
+
+Limits, checked between requests: the master pid (a worker outlives no master),
+``limit_request`` (recycle after that many requests), ``limit_memory_soft``
+(recycle when the process grew past it), ``limit_memory_hard`` (RLIMIT_AS),
+``limit_time_cpu`` (CPU seconds per request, SIGXCPU). ``limit_time_real`` is
+the master's business: it kills a worker whose heartbeat stops for that long.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
+
+from rtbus.service import process
+from rtbus.service.heartbeat import HeartbeatWriter
+
+_logger = logging.getLogger(__name__)
+_access_logger = logging.getLogger("rtbus.http.access")
+
+BEAT = 1.0   # seconds between heartbeats of an idle worker
+
+
+class CpuTimeExceeded(Exception):
+    """The current request used more than ``limit_time_cpu`` seconds of CPU."""
+
+
+class _RequestHandler(WSGIRequestHandler):
+    """werkzeug's handler with plain access-log lines and a socket timeout."""
+
+    def log_request(self, code="-", size="-"):
+        _access_logger.info('%s "%s" %s %s', self.address_string(), self.requestline, code, size)
+
+    def log_error(self, format, *args):
+        _access_logger.info("%s " + format, self.address_string(), *args)
+
+    def log_message(self, format, *args):
+        _access_logger.info("%s " + format, self.address_string(), *args)
+
+
+class _Server(BaseWSGIServer):
+    """A werkzeug server around an already-listening socket it does not own."""
+
+    def __init__(self, listener: socket.socket, app, socket_timeout: float):
+        handler = type("RequestHandler", (_RequestHandler,), {"timeout": socket_timeout})
+        host, port = listener.getsockname()[:2]
+        super().__init__(host, port, app, handler=handler, fd=listener.fileno())
+
+
+class _Reporting:
+    """WSGI middleware telling the master which request the worker is serving."""
+
+    def __init__(self, app, heartbeat: HeartbeatWriter):
+        self.app = app
+        self.heartbeat = heartbeat
+        self.current: str | None = None
+
+    def __call__(self, environ, start_response):
+        self.current = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
+        self.heartbeat.request_started(self.current)
+        return self.app(environ, start_response)
+
+
+class HttpWorker:
+    """The loop of one HTTP worker process. `run()` returns the exit code."""
+
+    def __init__(self, config, listener: socket.socket, heartbeat: HeartbeatWriter, master_pid: int):
+        self.config = config
+        self.listener = listener
+        self.heartbeat = heartbeat
+        self.master_pid = master_pid
+        self.alive = True
+        self.requests = 0
+        self._wake_r, self._wake_w = os.pipe()
+        self._reporting: _Reporting | None = None
+
+    # -- signals ---------------------------------------------------------
+    def _on_stop(self, signum, frame):
+        # Graceful: finish the request in progress, then leave the loop.
+        self.alive = False
+
+    def _on_cpu_limit(self, signum, frame):
+        self.alive = False
+        raise CpuTimeExceeded(f"CPU time limit exceeded ({self.config.limit_time_cpu} s)")
+
+    def _install_signals(self) -> None:
+        process.reset_signal_handlers(signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU,
+                                      signal.SIGQUIT)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGXCPU, self._on_cpu_limit)
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    # -- limits ----------------------------------------------------------
+    def limit_reached(self) -> str | None:
+        """Why this worker must exit now, or None."""
+        config = self.config
+        if os.getppid() != self.master_pid:
+            return "the master process is gone"
+        if config.limit_request and self.requests >= config.limit_request:
+            return f"limit_request reached ({self.requests} requests)"
+        if config.limit_memory_soft:
+            vms = process.virtual_memory()
+            if vms > config.limit_memory_soft:
+                return f"limit_memory_soft reached ({vms} > {config.limit_memory_soft} bytes)"
+        return None
+
+    # -- main loop -------------------------------------------------------
+    def run(self) -> int:
+        from rtbus.db.connect import process_pool
+        from rtbus.http.app import Application
+
+        config = self.config
+        process.set_title("rtbus: http worker")
+        self._install_signals()
+        process.set_memory_hard_limit(config.limit_memory_hard)
+        pool = process_pool(config, name="http", maxconn=config.db_maxconn)
+        app = Application(config, role="http", pool=pool)
+        self._reporting = _Reporting(app, self.heartbeat)
+        server = _Server(self.listener, self._reporting, config.http_socket_timeout)
+        _logger.debug("http worker %d ready", os.getpid())
+        try:
+            while self.alive:
+                reason = self.limit_reached()
+                if reason:
+                    _logger.info("http worker %d exits: %s", os.getpid(), reason)
+                    break
+                self.heartbeat.beat()
+                self._serve_one(server)
+        finally:
+            pool.close_all()
+            server.socket.close()
+        return process.EXIT_OK
+
+    def _serve_one(self, server: _Server) -> None:
+        """Wait up to BEAT for a connection and serve it."""
+        try:
+            readable, _, _ = select.select([self.listener, self._wake_r], [], [], BEAT)
+        except InterruptedError:
+            return
+        if self._wake_r in readable:
+            try:
+                os.read(self._wake_r, 512)
+            except BlockingIOError:
+                pass
+        if self.listener not in readable or not self.alive:
+            return
+        try:
+            client, address = self.listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return   # another worker won the race for this connection
+        client.setblocking(True)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        process.set_cpu_budget(self.config.limit_time_cpu)
+        try:
+            server.process_request(client, address)
+        except CpuTimeExceeded as exc:
+            _logger.error("http worker %d: %s while serving %s; exiting",
+                          os.getpid(), exc, self._reporting.current if self._reporting else "?")
+            server.shutdown_request(client)
+        except OSError as exc:
+            # The client went away mid-request: its problem, not the worker's.
+            _logger.debug("http worker %d: connection from %s lost: %s", os.getpid(), address, exc)
+            server.shutdown_request(client)
+        finally:
+            self.requests += 1
+            self.heartbeat.request_done()

@@ -1,0 +1,484 @@
+"""The prefork master: spawns, supervises, recycles and respawns the children.
+
+Children: ``workers`` HTTP workers (forked, sharing the HTTP socket), exactly
+one gevent process on the longpolling port (fork + exec of a fresh
+interpreter, so gevent patches before anything is imported) and
+``max_cron_threads`` cron workers (forked).
+
+Signal handlers only queue the signal and wake the loop; the loop handles
+them one by one, reaps children, kills the ones whose heartbeat stopped, and
+tops the population up:
+
+- INT, TERM: graceful stop (children finish what they do, websockets get 1001);
+  a second one stops fast (SIGKILL).  QUIT: fast stop.
+- HUP: re-read the configuration and replace every child, keeping the sockets.
+- TTIN / TTOU: one HTTP worker more / less.
+- CHLD: wake up and reap.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from typing import Callable
+
+import rtbus
+from rtbus.errors import ConfigError, StartupError
+from rtbus.log import setup_logging
+from rtbus.service import process
+from rtbus.service.heartbeat import HeartbeatReader, HeartbeatWriter
+from rtbus.service.sockets import bind_listener, describe
+
+_logger = logging.getLogger(__name__)
+
+BEAT = 1.0                  # longest sleep of the loop
+MAX_QUEUED_SIGNALS = 5      # beyond this, signals other than CHLD are dropped
+BOOT_BACKOFF_FIRST = 0.5    # delay before respawning a child that died at boot...
+BOOT_BACKOFF_MAX = 30.0     # ...doubling up to this
+FAST_STOP_GRACE = 5.0       # seconds to reap children after SIGKILL
+
+KIND_TITLES = {"http": "http worker", "gevent": "gevent process", "cron": "cron worker"}
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP,
+                   signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+
+
+@dataclasses.dataclass
+class Child:
+    """One supervised child process."""
+
+    kind: str
+    pid: int
+    heartbeat: HeartbeatReader
+    spawned_at: float
+    generation: int
+    stop_requested: float | None = None   # when the master asked it to stop
+    killed_because: str | None = None     # why the master SIGKILLed it
+
+    @property
+    def title(self) -> str:
+        return KIND_TITLES[self.kind]
+
+
+class Master:
+    """Supervises the children of one rtbus deployment. `run()` returns the exit code."""
+
+    def __init__(self, config, *, reload_config: Callable[[], object] | None = None):
+        self.config = config
+        self.reload_config = reload_config
+        self.population = config.workers
+        self.children: dict[int, Child] = {}
+        self.generation = 0
+        self.restarts: collections.Counter = collections.Counter()   # by reason, for metrics
+        self._signals: collections.deque[int] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stop_deadline: float | None = None
+        self._exit_code = process.EXIT_OK
+        self._boot_failures: collections.Counter = collections.Counter()
+        self._respawn_after: dict[str, float] = {}
+        self.http_socket = None
+        self.gevent_socket = None
+
+    # -- start and stop --------------------------------------------------
+    def bind(self) -> None:
+        """Bind both listening sockets; raises StartupError."""
+        config = self.config
+        if config.http_port and config.http_port == config.gevent_port:
+            raise ConfigError(f"http_port and gevent_port are both {config.http_port}: "
+                              f"the longpolling port must differ from the HTTP port")
+        self.http_socket = bind_listener(config.http_interface, config.http_port, purpose="HTTP",
+                                         backlog=max(64, 8 * self.population))
+        try:
+            self.gevent_socket = bind_listener(config.http_interface, config.gevent_port,
+                                               purpose="longpolling (gevent)")
+        except StartupError:
+            self.http_socket.close()
+            raise
+
+    def run(self) -> int:
+        if self.http_socket is None:
+            self.bind()
+        process.set_title("rtbus: master")
+        self._preload()
+        self._install_signals()
+        self._write_pidfile()
+        _logger.info("rtbus %s master %d: HTTP on %s with %d workers, longpolling on %s, %d cron workers",
+                     _version(), os.getpid(), describe(self.http_socket), self.population,
+                     describe(self.gevent_socket), self.config.max_cron_threads)
+        try:
+            while True:
+                self._handle_signals()
+                self._reap()
+                if self._stop_deadline is not None:
+                    if not self.children:
+                        break
+                    if time.monotonic() > self._stop_deadline:
+                        self._kill_all("the graceful stop took longer than graceful_timeout")
+                        self._stop_deadline = time.monotonic() + FAST_STOP_GRACE
+                else:
+                    self._kill_unresponsive()
+                    self._retire_surplus()
+                    self._spawn_missing()
+                self._sleep()
+        finally:
+            self._cleanup()
+        _logger.info("master %d stopped", os.getpid())
+        return self._exit_code
+
+    def _preload(self) -> None:
+        # Import what the forked workers need once, here, so each fork starts warm.
+        import rtbus.http.app  # noqa: F401
+        import rtbus.db.pool  # noqa: F401
+        import rtbus.service.cron  # noqa: F401
+
+    def _write_pidfile(self) -> None:
+        if self.config.pidfile:
+            with open(self.config.pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+
+    def _cleanup(self) -> None:
+        for sock in (self.http_socket, self.gevent_socket):
+            if sock is not None:
+                sock.close()
+        for child in self.children.values():
+            child.heartbeat.close()
+        signal.set_wakeup_fd(-1)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        if self.config.pidfile:
+            try:
+                os.unlink(self.config.pidfile)
+            except FileNotFoundError:
+                pass
+
+    # -- signals ---------------------------------------------------------
+    def _install_signals(self) -> None:
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        # Only queue and wake the loop: no logging, no I/O beyond one byte.
+        if len(self._signals) < MAX_QUEUED_SIGNALS or signum == signal.SIGCHLD:
+            self._signals.append(signum)
+        try:
+            os.write(self._wake_w, b"!")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.popleft()
+            if signum in (signal.SIGINT, signal.SIGTERM):
+                if self._stop_deadline is None:
+                    self.stop(graceful=True, why=signal.Signals(signum).name)
+                else:
+                    self.stop(graceful=False, why=f"second {signal.Signals(signum).name}")
+            elif signum == signal.SIGQUIT:
+                self.stop(graceful=False, why="SIGQUIT")
+            elif signum == signal.SIGHUP and self._stop_deadline is None:
+                self.reload()
+            elif signum == signal.SIGTTIN and self._stop_deadline is None:
+                self.population += 1
+                _logger.info("SIGTTIN: %d HTTP workers wanted", self.population)
+            elif signum == signal.SIGTTOU and self._stop_deadline is None:
+                if self.population > 1:
+                    self.population -= 1
+                _logger.info("SIGTTOU: %d HTTP workers wanted", self.population)
+
+    def stop(self, *, graceful: bool, why: str) -> None:
+        """Stop every child; graceful gives them graceful_timeout to finish."""
+        for sock in (self.http_socket, self.gevent_socket):
+            if sock is not None:
+                sock.close()
+        if graceful:
+            _logger.info("%s: stopping gracefully (%d children, up to %.0f s)",
+                         why, len(self.children), self.config.graceful_timeout)
+            for child in list(self.children.values()):
+                self._ask_to_stop(child)
+            self._stop_deadline = time.monotonic() + self.config.graceful_timeout
+        else:
+            _logger.info("%s: stopping fast", why)
+            self._kill_all(why)
+            self._stop_deadline = time.monotonic() + FAST_STOP_GRACE
+
+    def reload(self) -> None:
+        """Apply a re-read configuration by replacing every child; sockets stay open."""
+        if self.reload_config is None:
+            _logger.warning("SIGHUP: this master cannot re-read its configuration")
+            return
+        try:
+            new = self.reload_config()
+        except (ConfigError, StartupError) as exc:
+            _logger.error("SIGHUP: configuration refused, keeping the running one: %s", exc)
+            return
+        if new.workers < 1:
+            _logger.error("SIGHUP: workers = %d cannot be applied to a running master "
+                          "(restart it instead); keeping the running configuration", new.workers)
+            return
+        try:
+            self._rebind(new)
+        except StartupError as exc:
+            _logger.error("SIGHUP: %s; keeping the running configuration", exc)
+            return
+        self.config = new
+        setup_logging(new.log_level, new.logfile)
+        self.population = new.workers
+        self.generation += 1
+        _logger.info("SIGHUP: configuration re-read; replacing %d children (generation %d)",
+                     len(self.children), self.generation)
+        old = list(self.children.values())
+        self._spawn_missing()
+        for child in old:
+            self._ask_to_stop(child)
+
+    def _rebind(self, new) -> None:
+        old = self.config
+        if (new.http_interface, new.http_port) != (old.http_interface, old.http_port):
+            sock = bind_listener(new.http_interface, new.http_port, purpose="HTTP",
+                                 backlog=max(64, 8 * new.workers))
+            self.http_socket.close()
+            self.http_socket = sock
+        if (new.http_interface, new.gevent_port) != (old.http_interface, old.gevent_port):
+            sock = bind_listener(new.http_interface, new.gevent_port, purpose="longpolling (gevent)")
+            self.gevent_socket.close()
+            self.gevent_socket = sock
+
+    # -- children --------------------------------------------------------
+    def _live(self, kind: str) -> list[Child]:
+        """Children of `kind` in the current generation that were not asked to stop."""
+        return sorted((c for c in self.children.values()
+                       if c.kind == kind and c.generation == self.generation and c.stop_requested is None),
+                      key=lambda c: c.spawned_at)
+
+    def _spawn_missing(self) -> None:
+        now = time.monotonic()
+        wanted = {"http": self.population, "gevent": 1, "cron": self.config.max_cron_threads}
+        for kind, count in wanted.items():
+            if now < self._respawn_after.get(kind, 0.0):
+                continue
+            for _ in range(count - len(self._live(kind))):
+                self._spawn(kind)
+
+    def _retire_surplus(self) -> None:
+        http = self._live("http")
+        for child in http[self.population:][::-1]:
+            _logger.info("retiring %s %d (%d wanted)", child.title, child.pid, self.population)
+            self._ask_to_stop(child)
+
+    def _spawn(self, kind: str) -> None:
+        hb_r, hb_w = os.pipe()
+        payload = self.config.to_json() if kind == "gevent" else None
+        cfg_r = cfg_w = -1
+        if payload is not None:
+            cfg_r, cfg_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(hb_r)
+            if cfg_w >= 0:
+                os.close(cfg_w)
+            self._become_child(kind, hb_w, cfg_r)   # never returns
+        os.close(hb_w)
+        if payload is not None:
+            os.close(cfg_r)
+            _write_all(cfg_w, payload)
+            os.close(cfg_w)
+        now = time.monotonic()
+        self.children[pid] = Child(kind, pid, HeartbeatReader(hb_r, now), now, self.generation)
+        _logger.debug("spawned %s %d", KIND_TITLES[kind], pid)
+
+    def _become_child(self, kind: str, hb_w: int, cfg_r: int) -> None:
+        """Run in the forked child: turn into a worker, never return to the master's loop."""
+        code = process.EXIT_WORKER_FATAL
+        try:
+            signal.set_wakeup_fd(-1)
+            process.reset_signal_handlers(*HANDLED_SIGNALS)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            for child in self.children.values():
+                child.heartbeat.close()
+            master_pid = os.getppid()
+            if kind == "gevent":
+                self.http_socket.close()
+                self._exec_gevent(hb_w, cfg_r)
+            heartbeat = HeartbeatWriter(hb_w)
+            if kind == "http":
+                from rtbus.service.http_worker import HttpWorker
+                self.gevent_socket.close()
+                code = HttpWorker(self.config, self.http_socket, heartbeat, master_pid).run()
+            else:
+                from rtbus.service.cron_worker import CronWorker
+                self.http_socket.close()
+                self.gevent_socket.close()
+                code = CronWorker(self.config, heartbeat, master_pid).run()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else process.EXIT_WORKER_FATAL
+        except BaseException:
+            _logger.exception("%s %d crashed", KIND_TITLES[kind], os.getpid())
+            code = 1
+        finally:
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(code)
+
+    def _exec_gevent(self, hb_w: int, cfg_r: int) -> None:
+        listen_fd = self.gevent_socket.fileno()
+        for fd in (listen_fd, hb_w, cfg_r):
+            os.set_inheritable(fd, True)
+        env = dict(os.environ)
+        env["RTBUS_CHILD_FDS"] = f"listen={listen_fd},heartbeat={hb_w},config={cfg_r}"
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(rtbus.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        os.execve(sys.executable, [sys.executable, "-m", "rtbus.service.evented", "gevent"], env)
+
+    def _ask_to_stop(self, child: Child) -> None:
+        if child.stop_requested is None:
+            child.stop_requested = time.monotonic()
+            _signal(child.pid, signal.SIGTERM)
+
+    def _kill(self, child: Child, reason: str) -> None:
+        if child.killed_because is None:
+            child.killed_because = reason
+            self.restarts[reason.split(" ", 1)[0]] += 1
+            _signal(child.pid, signal.SIGKILL)
+
+    def _kill_all(self, reason: str) -> None:
+        for child in list(self.children.values()):
+            self._kill(child, reason)
+
+    def _timeout(self, kind: str) -> float:
+        config = self.config
+        if kind == "http":
+            return config.limit_time_real
+        if kind == "cron":
+            return config.effective("limit_time_real_cron")
+        return config.gevent_watchdog_timeout
+
+    def _kill_unresponsive(self) -> None:
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.killed_because is not None:
+                continue
+            if child.stop_requested is not None:
+                if now - child.stop_requested > self.config.graceful_timeout:
+                    _logger.warning("%s %d did not stop within graceful_timeout (%.0f s): killed",
+                                    child.title, child.pid, self.config.graceful_timeout)
+                    self._kill(child, "graceful_timeout exceeded")
+                continue
+            limit = self._timeout(child.kind)
+            state = child.heartbeat.state
+            silent = now - state.last_seen
+            if not limit or limit <= 0 or silent <= limit:
+                continue
+            if child.kind == "http" and state.request:
+                reason = (f"limit_time_real ({limit:g} s) exceeded: serving {state.request} "
+                          f"for {now - (state.request_started or now):.1f} s")
+            elif child.kind == "gevent":
+                reason = f"gevent_watchdog_timeout ({limit:g} s) exceeded: event loop blocked for {silent:.1f} s"
+            else:
+                reason = f"no heartbeat for {silent:.1f} s (limit {limit:g} s)"
+            _logger.error("%s %d killed: %s", child.title, child.pid, reason)
+            self._kill(child, reason)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            child.heartbeat.read()
+            child.heartbeat.close()
+            self._on_exit(child, status)
+
+    def _on_exit(self, child: Child, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        expected = child.stop_requested is not None or child.killed_because is not None
+        if expected or self._stop_deadline is not None:
+            _logger.info("%s %d stopped (%s)", child.title, child.pid, how)
+            return
+        if code == process.EXIT_WORKER_FATAL:
+            _logger.critical("%s %d met an unrecoverable error (%s): stopping rtbus", child.title, child.pid, how)
+            self._exit_code = process.EXIT_WORKER_FATAL
+            self.stop(graceful=True, why="fatal child error")
+            return
+        if not child.heartbeat.state.ready:
+            self._boot_failures[child.kind] += 1
+            delay = min(BOOT_BACKOFF_FIRST * 2 ** (self._boot_failures[child.kind] - 1), BOOT_BACKOFF_MAX)
+            self._respawn_after[child.kind] = time.monotonic() + delay
+            self.restarts["boot_failure"] += 1
+            _logger.error("%s %d died during boot (%s); respawning in %.1f s",
+                          child.title, child.pid, how, delay)
+            return
+        self._boot_failures[child.kind] = 0
+        self._respawn_after.pop(child.kind, None)
+        if code == 0:
+            self.restarts["recycled"] += 1
+            _logger.info("%s %d exited (%s); respawning", child.title, child.pid, how)
+        else:
+            self.restarts["died"] += 1
+            _logger.warning("%s %d died (%s); respawning", child.title, child.pid, how)
+
+    def _sleep(self) -> None:
+        readers = {c.heartbeat.fd: c for c in self.children.values() if not c.heartbeat.eof}
+        timeout = BEAT
+        now = time.monotonic()
+        for when in self._respawn_after.values():
+            if when > now:
+                timeout = min(timeout, when - now)
+        try:
+            readable, _, _ = select.select([self._wake_r, *readers], [], [], max(timeout, 0.01))
+        except InterruptedError:
+            return
+        for fd in readable:
+            if fd == self._wake_r:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            else:
+                readers[fd].heartbeat.read()
+
+    def status(self) -> list[dict]:
+        """One entry per child: kind, pid, age, requests served, resident memory, current request."""
+        now = time.monotonic()
+        return [
+            {"kind": c.kind, "pid": c.pid, "age": round(now - c.spawned_at, 1),
+             "requests": c.heartbeat.state.requests, "request": c.heartbeat.state.request,
+             "rss": process.resident_memory(c.pid), "generation": c.generation}
+            for c in sorted(self.children.values(), key=lambda c: (c.kind, c.spawned_at))
+        ]
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("rtbus")
+    except Exception:
+        return "dev"
