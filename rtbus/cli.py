@@ -3,7 +3,9 @@
 ``rtbus-server [COMMAND] [OPTIONS]`` where COMMAND is one of:
 
 - ``serve`` (default): run the server, prefork (``--workers N``) or single process (``--workers 0``);
-- ``initdb``: create the served databases and upgrade their schema, then exit.
+- ``initdb``: create the served databases and upgrade their schema, then exit;
+- ``send CHANNEL TYPE [PAYLOAD]``: publish one notification (PAYLOAD is JSON, or a plain string);
+- ``budget``: print the deployment's database connection budget; exit 1 when it is over.
 
 Errors in flags, values or the configuration file print one line and exit 2;
 a server that cannot start (port in use, database unreachable) prints one line
@@ -23,7 +25,7 @@ from rtbus.service import process
 _logger = logging.getLogger("rtbus.cli")
 
 PROG = "rtbus-server"
-COMMANDS = ("serve", "initdb")
+COMMANDS = ("serve", "initdb", "send", "budget")
 
 
 def _fail(message: str, code: int) -> int:
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(config.log_level, config.logfile)
     except OSError as exc:
         return _fail(f"cannot open the log file {config.logfile}: {exc.strerror}", process.EXIT_CONFIG)
-    runner = {"serve": serve, "initdb": initdb}[invocation.command]
+    runner = {"serve": serve, "initdb": initdb, "send": send, "budget": budget}[invocation.command]
     try:
         return runner(config, argv, invocation.args)
     except ConfigError as exc:
@@ -80,7 +82,7 @@ def _serve_prefork(config, argv) -> int:
     from rtbus.service.master import Master
 
     log_notes(_logger, config.notes)
-    database = open_database(config)
+    database = open_database(config, budget=True)
     try:
         def reload_config():
             return database.apply(load_config(argv, os.environ, commands=COMMANDS, prog=PROG).config)
@@ -135,6 +137,73 @@ def initdb(config, argv, args) -> int:
     finally:
         database.close()
     return process.EXIT_OK
+
+
+def _parse_channel(text: str):
+    """A channel argument: a plain string, or JSON for records (``'["res.partner", 7]'``)."""
+    import orjson
+
+    if text.startswith("["):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"CHANNEL {text!r} looks like JSON but is not valid: {exc}") from None
+    return text
+
+
+def send(config, argv, args) -> int:
+    """Publish one notification and print its id."""
+    import orjson
+    import psycopg2
+
+    from rtbus.bus.channels import InvalidChannel
+    from rtbus.bus.publish import Publisher
+    from rtbus.db.connect import connect_kwargs, served_databases
+    from rtbus.service.bootstrap import open_database
+
+    if len(args) not in (2, 3):
+        raise ConfigError("usage: rtbus-server send CHANNEL TYPE [PAYLOAD]")
+    channel = _parse_channel(args[0])
+    notification_type = args[1]
+    payload = None
+    if len(args) == 3:
+        try:
+            payload = orjson.loads(args[2])
+        except orjson.JSONDecodeError:
+            payload = args[2]   # not JSON: send it as a string
+    database = open_database(config)
+    config = database.config
+    dbname = served_databases(config)[0]
+    publisher = Publisher.from_config(config)
+    conn = None
+    try:
+        conn = psycopg2.connect(**connect_kwargs(config, dbname=dbname, application_name="rtbus:send"))
+        (notification_id,) = publisher.publish(conn, dbname, [(channel, notification_type, payload)])
+    except (InvalidChannel, TypeError) as exc:
+        raise ConfigError(f"cannot send: {exc}") from None
+    except psycopg2.Error as exc:
+        raise StartupError(f"cannot send to database {dbname}: {str(exc).strip()}") from None
+    finally:
+        publisher.notifier.close()
+        if conn is not None:
+            conn.close()
+        database.close()
+    print(f"sent notification {notification_id} to {dbname}")
+    return process.EXIT_OK
+
+
+def budget(config, argv, args) -> int:
+    """Print the connection budget table; exit 1 when the deployment is over budget."""
+    from rtbus.service.bootstrap import open_database, read_budget
+
+    _no_args("budget", args)
+    database = open_database(config, upgrade_schema=False)
+    try:
+        result = read_budget(database.config)
+    finally:
+        database.close()
+    print(result.format_table())
+    return process.EXIT_OK if result.verdict == "ok" else process.EXIT_STARTUP
 
 
 if __name__ == "__main__":

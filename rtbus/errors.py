@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import psycopg2
 import psycopg2.pool
 
 
@@ -60,6 +61,9 @@ class WireOutcome:
 WIRE_OUTCOMES: tuple[tuple[type[BaseException], WireOutcome], ...] = (
     (PoolError, WireOutcome(close_code=1013, http_status=503, retry_after=1)),
     (DatabaseUnavailable, WireOutcome(close_code=1013, http_status=503, retry_after=5)),
+    # The server went away, refused a connection, cancelled a statement or
+    # aborted a transaction: transient for the client, who should retry.
+    (psycopg2.OperationalError, WireOutcome(close_code=1013, http_status=503, retry_after=5)),
 )
 
 UNEXPECTED = WireOutcome(close_code=1011, http_status=500)

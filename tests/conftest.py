@@ -125,3 +125,36 @@ def crash_cluster():
         yield cluster
     finally:
         pgcluster.destroy(cluster)
+
+
+@pytest.fixture
+def server_env(pg_env) -> dict[str, str]:
+    """The runner's environment minus rtbus/libpq settings, pointing rtbus at pg_cluster."""
+    from serverproc import clean_environ
+
+    env = clean_environ()
+    env.update(pg_env)
+    return env
+
+
+@pytest.fixture
+def start_server(server_env, tmp_path):
+    """Factory: ``start_server(*args, env=None, wait=True)`` → a started ServerProcess.
+
+    Ports default to 0 (the log says which were bound). Every server is stopped
+    (SIGTERM, then SIGKILL of its process group) at teardown.
+    """
+    from serverproc import ServerProcess
+
+    started = []
+
+    def start(*args: str, env: dict | None = None, wait: bool = True, name: str = "server"):
+        log_path = str(tmp_path / f"{name}-{len(started)}.log")
+        server = ServerProcess(["--http-port=0", "--gevent-port=0", *args],
+                               env if env is not None else server_env, log_path)
+        started.append(server)
+        return server.start(wait=wait)
+
+    yield start
+    for server in started:
+        server.stop(timeout=20)

@@ -6,7 +6,7 @@ reserved slots. Exhausting the server shows up as errors in unrelated places, so
 sum is checked at start-up and printed by `rtbus-server budget`:
 
     kind                     count x each = total
-    HTTP workers             workers x db_maxconn            (workers > 0)
+    HTTP workers             workers x min(db_maxconn, 2)    (workers > 0)
     single process           1 x db_maxconn_gevent (effective) (workers = 0)
     gevent process           1 x db_maxconn_gevent (effective) (workers > 0)
     cron workers             max_cron_threads x 2
@@ -23,7 +23,22 @@ import dataclasses
 
 from rtbus.db.connect import served_databases
 
-CRON_CONNECTIONS_EACH = 2
+CRON_CONNECTIONS_EACH = 2    # one holds the job's lock, the other runs the job
+# An HTTP worker serves one request at a time and a request uses one connection:
+# a second slot keeps an idle connection to another served database. Odoo sizes
+# these pools at db_maxconn (64) each, which is what makes its budgets explode.
+HTTP_WORKER_CONNECTIONS = 2
+
+
+def pool_size(config, kind: str) -> int:
+    """Size of the connection pool of one process of `kind` ("http", "gevent", "single", "cron")."""
+    if kind == "http":
+        return min(config.db_maxconn, HTTP_WORKER_CONNECTIONS)
+    if kind in ("gevent", "single"):
+        return config.effective("db_maxconn_gevent")
+    if kind == "cron":
+        return CRON_CONNECTIONS_EACH
+    raise ValueError(f"unknown process kind {kind!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,21 +144,22 @@ def compute_budget(config, server: ServerInfo) -> Budget:
     """The deployment's worst-case connections per process kind, against `server`."""
     workers = config.workers
     crons = config.max_cron_threads
-    gevent_pool = config.effective("db_maxconn_gevent")
+    gevent_pool = pool_size(config, "gevent")
     listen_dbs = listen_databases(config)
     served = served_databases(config)
     rows = []
     if workers > 0:
-        rows.append(BudgetRow("HTTP workers", workers, config.db_maxconn, "db_maxconn each"))
+        rows.append(BudgetRow("HTTP workers", workers, pool_size(config, "http"),
+                              "one request at a time; db_maxconn caps it"))
         rows.append(BudgetRow("gevent process", 1, gevent_pool, "db_maxconn_gevent"))
         publishers = workers + 1 + crons
     else:
-        rows.append(BudgetRow("single process (threaded)", 1, gevent_pool,
+        rows.append(BudgetRow("single process", 1, gevent_pool,
                               "db_maxconn_gevent (workers=0)"))
         publishers = 1
     if crons:
-        rows.append(BudgetRow("cron workers" if workers > 0 else "cron threads", crons,
-                              CRON_CONNECTIONS_EACH, "own pool of 2"))
+        rows.append(BudgetRow("cron workers" if workers > 0 else "cron greenlet", crons if workers > 0 else 1,
+                              pool_size(config, "cron"), "own pool of 2"))
     rows.append(BudgetRow("LISTEN (ImDispatch)", 1, len(listen_dbs),
                           "databases: " + ", ".join(listen_dbs)))
     # A publisher whose own database is the imbus database NOTIFYs on its own connection.

@@ -14,7 +14,9 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from rtbus import errors
-from rtbus.http import health
+from rtbus.db.connect import served_databases
+from rtbus.http import health, publish
+from rtbus.http.jsonrpc import InvalidParams
 from rtbus.http.responses import error_response, json_response
 
 _logger = logging.getLogger(__name__)
@@ -32,10 +34,34 @@ class Application:
         self.role = role
         self.pool = pool
         self.dispatcher = dispatcher
+        self.databases = served_databases(config)
+        self._publisher = None
         self.url_map = Map([
             Rule("/", endpoint=index, methods=["GET", "HEAD"]),
             Rule("/websocket/health", endpoint=health.websocket_health, methods=["GET", "HEAD"]),
+            Rule("/bus/publish", endpoint=publish.publish),
         ])
+
+    @property
+    def publisher(self):
+        """This process's Publisher (it keeps one connection to the imbus database)."""
+        if self._publisher is None:
+            from rtbus.bus.publish import Publisher
+            self._publisher = Publisher.from_config(self.config)
+        return self._publisher
+
+    def database(self, name: str | None) -> str:
+        """The served database a request names, or the first one; InvalidParams otherwise."""
+        if name is None:
+            return self.databases[0]
+        if name not in self.databases:
+            raise InvalidParams(f"database {name!r} is not served here (served: {', '.join(self.databases)})")
+        return name
+
+    def close(self) -> None:
+        """Release what the application holds (the publisher's imbus connection)."""
+        if self._publisher is not None and self._publisher.notifier is not None:
+            self._publisher.notifier.close()
 
     @property
     def serves_subscribers(self) -> bool:

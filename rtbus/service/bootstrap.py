@@ -39,12 +39,13 @@ class DatabaseHandle:
             self.owns_cluster = False
 
 
-def open_database(config, *, upgrade_schema: bool = True) -> DatabaseHandle:
+def open_database(config, *, upgrade_schema: bool = True, budget: bool = False) -> DatabaseHandle:
     """Make the configured (or embedded) database usable; raise StartupError if it is not.
 
     Starts the embedded cluster when no database is configured, checks that the
     server answers with the configured credentials, creates the served databases
-    and upgrades their schema.
+    and upgrades their schema. With `budget`, also checks the deployment's
+    connection budget (see `enforce_budget`).
     """
     from rtbus.db import connect, embedded, schema
 
@@ -61,7 +62,45 @@ def open_database(config, *, upgrade_schema: bool = True) -> DatabaseHandle:
                     handle.schema_versions[dbname] = schema.prepare(config, dbname=dbname)
                 finally:
                     current_dbname.reset(token)
+        if budget:
+            enforce_budget(config)
     except BaseException:
         handle.close()
         raise
     return handle
+
+
+def read_budget(config):
+    """The connection budget of this configuration against its PostgreSQL server."""
+    import psycopg2
+
+    from rtbus.db import budget, connect
+
+    kwargs = connect.connect_kwargs(config, dbname="postgres", application_name="rtbus:budget")
+    conn = psycopg2.connect(**kwargs)
+    try:
+        return budget.check_budget(config, conn)
+    finally:
+        conn.close()
+
+
+def enforce_budget(config) -> None:
+    """Refuse to start when the deployment may open more connections than PostgreSQL allows.
+
+    ``budget_check = error`` (default) raises StartupError with the whole table;
+    ``warn`` logs it; ``off`` skips the check.
+    """
+    from rtbus.errors import StartupError
+
+    if config.budget_check == "off":
+        return
+    result = read_budget(config)
+    if result.verdict == "ok":
+        _logger.info("connection budget %s", result.sentence())
+        return
+    if config.budget_check == "warn":
+        _logger.warning("connection budget exceeded (budget_check = warn, starting anyway):\n%s",
+                        result.format_table())
+        return
+    raise StartupError("connection budget exceeded (set budget_check = warn to start anyway):\n"
+                       + result.format_table())

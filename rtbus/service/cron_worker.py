@@ -14,7 +14,6 @@ from rtbus.service.heartbeat import HeartbeatWriter
 _logger = logging.getLogger(__name__)
 
 BEAT = 1.0
-CRON_POOL_SIZE = 2   # one connection holds the job's lock, the other runs the job
 
 
 class CronWorker:
@@ -31,6 +30,8 @@ class CronWorker:
         self.alive = False
 
     def run(self) -> int:
+        from rtbus.bus.publish import Notifier, set_default_notifier
+        from rtbus.db.budget import pool_size
         from rtbus.db.connect import process_pool, served_databases
         from rtbus.service.cron import CronRunner, bus_jobs
 
@@ -44,7 +45,8 @@ class CronWorker:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         os.nice(10)
         process.set_memory_hard_limit(config.limit_memory_hard)
-        pool = process_pool(config, name="cron", maxconn=CRON_POOL_SIZE)
+        set_default_notifier(Notifier.from_config(config))
+        pool = process_pool(config, name="cron", maxconn=pool_size(config, "cron"))
         runner = CronRunner(pool, served_databases(config), bus_jobs(config))
         next_look = time.monotonic()
         try:

@@ -64,6 +64,8 @@ class EventedServer:
         self._stopping = gevent.event.Event()
         self._fast = False
         self._database = None
+        self.dispatcher = None
+        self.app = None
         self.pool = None
         self.cron_pool = None
         self.server: WSGIServer | None = None
@@ -98,14 +100,21 @@ class EventedServer:
             raise
 
     def _start(self) -> None:
+        from rtbus.bus.dispatch import ImDispatch
+        from rtbus.bus.publish import Notifier, set_default_notifier
+        from rtbus.db.budget import pool_size
         from rtbus.db.connect import process_pool
         from rtbus.http.app import Application
 
         config = self.config
-        self.pool = process_pool(config, name=self.mode, maxconn=config.effective("db_maxconn_gevent"))
-        app = Application(config, role=self.mode, pool=self.pool)
+        set_default_notifier(Notifier.from_config(config))
+        self.pool = process_pool(config, name=self.mode, maxconn=pool_size(config, self.mode))
+        self.dispatcher = ImDispatch.from_config(config)
+        if not self.dispatcher.start(wait=10.0):
+            _logger.warning("LISTEN imbus is not up yet; the dispatcher keeps retrying in the background")
+        self.app = Application(config, role=self.mode, pool=self.pool, dispatcher=self.dispatcher)
         self.server = WSGIServer(
-            self.listener, app,
+            self.listener, self.app,
             handler_class=_Handler,
             spawn=gevent.pool.Pool(config.gevent_max_connections),
             log=logging.getLogger("rtbus.http.access"),
@@ -154,6 +163,8 @@ class EventedServer:
         if active:
             _logger.info("waiting up to %.0f s for %d connections", timeout, active)
         server.stop(timeout=timeout)
+        self.dispatcher.stop(timeout=5.0)
+        self.app.close()
         if self.pool is not None:
             self.pool.close_all()
         if self.cron_pool is not None:
@@ -180,12 +191,12 @@ class EventedServer:
     def _cron_loop(self) -> None:
         from rtbus.db.connect import process_pool, served_databases
         from rtbus.service.cron import CronRunner, bus_jobs
-        from rtbus.service.cron_worker import CRON_POOL_SIZE
+        from rtbus.db.budget import pool_size
 
         config = self.config
         if not config.max_cron_threads:
             return
-        self.cron_pool = process_pool(config, name="cron", maxconn=CRON_POOL_SIZE)
+        self.cron_pool = process_pool(config, name="cron", maxconn=pool_size(config, "cron"))
         runner = CronRunner(self.cron_pool, served_databases(config), bus_jobs(config))
         while not self._stopping.is_set():
             wait = runner.run_pending()

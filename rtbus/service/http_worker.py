@@ -113,6 +113,8 @@ class HttpWorker:
 
     # -- main loop -------------------------------------------------------
     def run(self) -> int:
+        from rtbus.bus.publish import Notifier, set_default_notifier
+        from rtbus.db.budget import pool_size
         from rtbus.db.connect import process_pool
         from rtbus.http.app import Application
 
@@ -120,7 +122,8 @@ class HttpWorker:
         process.set_title("rtbus: http worker")
         self._install_signals()
         process.set_memory_hard_limit(config.limit_memory_hard)
-        pool = process_pool(config, name="http", maxconn=config.db_maxconn)
+        set_default_notifier(Notifier.from_config(config))
+        pool = process_pool(config, name="http", maxconn=pool_size(config, "http"))
         app = Application(config, role="http", pool=pool)
         self._reporting = _Reporting(app, self.heartbeat)
         server = _Server(self.listener, self._reporting, config.http_socket_timeout)
@@ -134,6 +137,7 @@ class HttpWorker:
                 self.heartbeat.beat()
                 self._serve_one(server)
         finally:
+            app.close()
             pool.close_all()
             server.socket.close()
         return process.EXIT_OK

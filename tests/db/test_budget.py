@@ -19,34 +19,38 @@ def rows(budget):
 
 
 def test_prefork_deployment():
-    budget = compute_budget(config("--workers", "4", "--db-maxconn", "16",
+    budget = compute_budget(config("--workers", "40", "--db-maxconn", "16",
                                    "--db-maxconn-gevent", "32", "--max-cron-threads", "2"),
                             SERVER)
     assert rows(budget) == {
-        "HTTP workers": (4, 16, 64),
+        "HTTP workers": (40, 2, 80),      # one request at a time: 2 each, whatever db_maxconn
         "gevent process": (1, 32, 32),
         "cron workers": (2, 2, 4),
         "LISTEN (ImDispatch)": (1, 2, 2),            # postgres + rtbus
-        "NOTIFY (after commit)": (7, 1, 7),          # 4 HTTP + gevent + 2 crons
+        "NOTIFY (after commit)": (43, 1, 43),        # 40 HTTP + gevent + 2 crons
         "master": (1, 0, 0),
     }
-    assert budget.total == 109 and budget.available == 97
+    assert budget.total == 161 and budget.available == 97
     assert budget.verdict == "over"
 
 
 def test_defaults_fall_back_to_db_maxconn_for_gevent():
     budget = compute_budget(config("--workers", "2"), ServerInfo(500, 3, 0, 10))
     assert rows(budget)["gevent process"] == (1, 64, 64)
-    assert budget.total == 2 * 64 + 64 + 2 + 2 + 4
+    assert budget.total == 2 * 2 + 64 + 2 + 2 + 4
     assert budget.available == 487 and budget.verdict == "ok"
 
 
-def test_threaded_mode_uses_the_gevent_pool_size():
+def test_http_workers_pool_is_capped_by_db_maxconn():
+    assert rows(compute_budget(config("--workers", "3", "--db-maxconn", "1"), SERVER))["HTTP workers"] == (3, 1, 3)
+
+
+def test_single_mode_uses_the_gevent_pool_size():
     budget = compute_budget(config("--workers", "0", "--db-maxconn-gevent", "20",
                                    "--max-cron-threads", "1"), SERVER)
     assert rows(budget) == {
-        "single process (threaded)": (1, 20, 20),
-        "cron threads": (1, 2, 2),
+        "single process": (1, 20, 20),
+        "cron greenlet": (1, 2, 2),
         "LISTEN (ImDispatch)": (1, 2, 2),
         "NOTIFY (after commit)": (1, 1, 1),
         "master": (1, 0, 0),
@@ -100,7 +104,7 @@ def test_against_the_real_server(pg_cluster):
         budget = check_budget(config("--workers", "0", "--db-maxconn-gevent", "4"), conn)
         assert budget.server.max_connections == pg_cluster.max_connections
         assert budget.verdict == "ok"
-        big = check_budget(config("--workers", "8", "--db-maxconn", "64"), conn)
+        big = check_budget(config("--workers", "8", "--db-maxconn-gevent", "400"), conn)
         assert big.verdict == "over"
         assert "over budget" in big.format_table()
     finally:

@@ -202,3 +202,60 @@ def test_master_exit_takes_no_orphans_with_it(start_server):
     # Orphaned children notice that their master is gone and leave by themselves.
     wait_until(lambda: not any(is_alive(pid) for pid in children), 10, message="orphans to exit")
     assert children_of(server.pid) == {}
+
+
+def test_request_stuck_on_a_lock_is_killed_and_named(start_server, server_env, pg_cluster, fresh_db):
+    # The runbook's storm: a worker blocked on a database lock past limit_time_real.
+    import threading
+
+    from http_client import post_json
+
+    env = dict(server_env, RTBUS_DB_NAME=fresh_db, RTBUS_BUS_API_KEY="k")
+    server = start_server("--workers=1", "--max-cron-threads=0", "--limit-time-real=2", env=env)
+    (victim,) = server.children_titled(HTTP)
+    locker = pg_cluster.connect(fresh_db)
+    try:
+        with locker.cursor() as cr:
+            cr.execute("LOCK TABLE bus_bus IN ACCESS EXCLUSIVE MODE")
+        body = {"jsonrpc": "2.0", "method": "call", "id": 1,
+                "params": {"channel": "broadcast", "type": "stuck"}}
+        stuck = threading.Thread(target=post_json, daemon=True,
+                                 args=(server.http_port, "/bus/publish", body, {"Authorization": "Bearer k"}))
+        stuck.start()
+        server.wait_log(rf"http worker {victim} killed: limit_time_real \(2 s\) exceeded: "
+                        rf"serving POST /bus/publish for [\d.]+ s")
+    finally:
+        locker.rollback()
+        locker.close()
+    wait_until(lambda: [p for p in server.children_titled(HTTP) if p != victim], 5, message="a new worker")
+    assert health_ok(server.http_port)
+
+
+def test_dead_database_gives_503_not_a_traceback(crash_cluster, tmp_path):
+    import pgcluster
+    from http_client import post_json
+    from serverproc import ServerProcess, clean_environ
+
+    env = clean_environ()
+    env.update(pgcluster.env_for(crash_cluster), RTBUS_BUS_API_KEY="k")
+    server = ServerProcess(["--workers=1", "--max-cron-threads=0", "--http-port=0", "--gevent-port=0"],
+                           env, str(tmp_path / "server.log"))
+    body = {"jsonrpc": "2.0", "method": "call", "id": 1, "params": {"channel": "broadcast", "type": "x"}}
+    auth = {"Authorization": "Bearer k"}
+    try:
+        server.start()
+        assert post_json(server.http_port, "/bus/publish", body, auth)[0] == 200
+        crash_cluster.stop()
+        status, headers, reply = post_json(server.http_port, "/bus/publish", body, auth)
+        assert status == 503
+        assert headers["Retry-After"]
+        assert reply["error"]["data"]["name"].startswith("psycopg2")
+        crash_cluster.start()
+        # The broken connection was discarded: the next call works again.
+        wait_until(lambda: post_json(server.http_port, "/bus/publish", body, auth)[0] == 200, 10,
+                   message="publishing to work again")
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+        if not crash_cluster.is_running():
+            crash_cluster.start()

@@ -1,0 +1,165 @@
+"""JSON-RPC 2.0 over POST, with Odoo's error shape (Odoo 19's ``type='jsonrpc'`` routes).
+
+A request is ``{"jsonrpc": "2.0", "method": "call", "params": {...}, "id": ...}``;
+the answer is ``{"jsonrpc": "2.0", "id": ..., "result": ...}`` or
+``{"jsonrpc": "2.0", "id": ..., "error": {"code", "message", "data"}}`` where
+``data`` carries ``name``, ``message``, ``arguments``, ``context`` and ``debug``
+as Odoo's web client expects (it checks ``data.name`` to recognise an expired
+session, for instance).
+
+An endpoint is a plain function ``f(app, request, **params) -> result`` wrapped
+with `jsonrpc_route`: parsing, envelope checks, parameter binding and the error
+mapping happen here, once, for every route.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+import orjson
+from werkzeug.wrappers import Request, Response
+
+from rtbus import errors
+
+_logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+
+
+class JsonRpcError(errors.RtbusError):
+    """An error answered as a JSON-RPC error object.
+
+    `code` and `message` are the JSON-RPC ones; `name` is the exception name
+    Odoo clients look for in ``error.data.name``; `http_status` is the status
+    line of the HTTP response carrying it (Odoo answers 200 for most).
+    """
+
+    code = 200
+    message = "Odoo Server Error"
+    name = "rtbus.errors.ServerError"
+    http_status = 200
+
+    def __init__(self, detail: str, *, http_status: int | None = None, headers: dict | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        if http_status is not None:
+            self.http_status = http_status
+        self.headers = headers or {}
+
+
+class ParseError(JsonRpcError):
+    code, message, name, http_status = -32700, "Parse error", "rtbus.jsonrpc.ParseError", 400
+
+
+class InvalidRequest(JsonRpcError):
+    code, message, name, http_status = -32600, "Invalid Request", "rtbus.jsonrpc.InvalidRequest", 400
+
+
+class InvalidParams(JsonRpcError):
+    code, message, name, http_status = -32602, "Invalid params", "rtbus.jsonrpc.InvalidParams", 200
+
+
+class SessionExpired(JsonRpcError):
+    code, message, name = 100, "Odoo Session Expired", "odoo.http.SessionExpiredException"
+
+
+class AccessDenied(JsonRpcError):
+    message, name, http_status = "Access Denied", "odoo.exceptions.AccessDenied", 403
+
+
+class ServiceUnavailable(JsonRpcError):
+    message, name, http_status = "Service Unavailable", "rtbus.errors.ServiceUnavailable", 503
+
+
+def error_body(request_id, code: int, message: str, name: str, detail: str) -> dict:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {
+            "code": code,
+            "message": message,
+            "data": {"name": name, "message": detail, "arguments": [detail], "context": {}, "debug": ""},
+        },
+    }
+
+
+def _response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
+    response = Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _read_call(request: Request) -> tuple[object, dict]:
+    """Return (id, params) of a JSON-RPC call, or raise ParseError/InvalidRequest."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise InvalidRequest(f"request body larger than {MAX_BODY_BYTES} bytes", http_status=413)
+    raw = request.get_data(cache=False)
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"request body larger than {MAX_BODY_BYTES} bytes", http_status=413)
+    try:
+        call = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(call, dict):
+        raise InvalidRequest("a JSON-RPC request must be a JSON object")
+    if call.get("jsonrpc", "2.0") != "2.0":
+        raise InvalidRequest("only JSON-RPC 2.0 is supported (\"jsonrpc\": \"2.0\")")
+    params = call.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise InvalidRequest("\"params\" must be an object of named parameters")
+    return call.get("id"), params
+
+
+def _bind(func, params: dict) -> dict:
+    """Check `params` against the endpoint's keyword parameters."""
+    signature = inspect.signature(func)
+    accepted = [name for name, p in signature.parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise InvalidParams(f"unknown parameter(s): {', '.join(unknown)}; accepted: {', '.join(accepted)}")
+    missing = [name for name in accepted
+               if signature.parameters[name].default is inspect.Parameter.empty and name not in params]
+    if missing:
+        raise InvalidParams(f"missing parameter(s): {', '.join(missing)}")
+    return params
+
+
+def jsonrpc_route(func):
+    """Wrap ``func(app, request, *, param...) -> result`` as a JSON-RPC endpoint.
+
+    The parameters of the call are the keyword-only parameters of `func`.
+    `JsonRpcError`s become error objects; other errors go through
+    `errors.wire_outcome` (PoolError → 503 with Retry-After), and unexpected
+    ones are logged with their traceback and answered as a server error.
+    """
+    @functools.wraps(func)
+    def endpoint(app, request: Request, **route_args) -> Response:
+        request_id = None
+        try:
+            if request.method != "POST":
+                raise InvalidRequest(f"JSON-RPC routes answer POST requests, not {request.method}",
+                                     http_status=405, headers={"Allow": "POST"})
+            request_id, params = _read_call(request)
+            result = func(app, request, **route_args, **_bind(func, params))
+            return _response({"jsonrpc": "2.0", "id": request_id, "result": result})
+        except JsonRpcError as exc:
+            return _response(error_body(request_id, exc.code, exc.message, exc.name, exc.detail),
+                             exc.http_status, exc.headers)
+        except Exception as exc:
+            outcome = errors.wire_outcome(exc)
+            name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+            if outcome is errors.UNEXPECTED:
+                _logger.exception("error in %s", request.path)
+                return _response(error_body(request_id, 200, "Odoo Server Error", name, "internal server error"),
+                                 500)
+            _logger.warning("%s: %s", request.path, exc)
+            headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
+            return _response(error_body(request_id, 200, "Odoo Server Error", name, str(exc)),
+                             outcome.http_status, headers)
+    endpoint.jsonrpc = True
+    return endpoint
