@@ -40,6 +40,14 @@ class PoolError(psycopg2.pool.PoolError, RtbusError):
     """
 
 
+class SessionExpired(RtbusError):
+    """The session presented is missing, expired, revoked or rotated.
+
+    WebSocket close 4001; JSON-RPC error 100 "Odoo Session Expired", whose
+    ``data.name`` Odoo's web client recognises.
+    """
+
+
 class ClusterError(RtbusError):
     """An embedded or throwaway PostgreSQL cluster could not be created, started or stopped."""
 
@@ -55,15 +63,25 @@ class WireOutcome:
     close_code: int      # WebSocket close code
     http_status: int     # HTTP status for plain and JSON-RPC routes
     retry_after: int | None = None   # seconds, for the Retry-After header
+    close_reason: str = ""
+    rpc_code: int = 200                       # JSON-RPC error code (Odoo's server error)
+    rpc_message: str = "Odoo Server Error"
+    rpc_name: str | None = None               # error.data.name; None: the exception's class
 
 
 # Ordered from most to least specific: the first matching class wins.
 WIRE_OUTCOMES: tuple[tuple[type[BaseException], WireOutcome], ...] = (
-    (PoolError, WireOutcome(close_code=1013, http_status=503, retry_after=1)),
-    (DatabaseUnavailable, WireOutcome(close_code=1013, http_status=503, retry_after=5)),
+    (SessionExpired, WireOutcome(close_code=4001, http_status=200, close_reason="session expired",
+                                 rpc_code=100, rpc_message="Odoo Session Expired",
+                                 rpc_name="odoo.http.SessionExpiredException")),
+    (PoolError, WireOutcome(close_code=1013, http_status=503, retry_after=1,
+                            close_reason="try again later")),
+    (DatabaseUnavailable, WireOutcome(close_code=1013, http_status=503, retry_after=5,
+                                      close_reason="try again later")),
     # The server went away, refused a connection, cancelled a statement or
     # aborted a transaction: transient for the client, who should retry.
-    (psycopg2.OperationalError, WireOutcome(close_code=1013, http_status=503, retry_after=5)),
+    (psycopg2.OperationalError, WireOutcome(close_code=1013, http_status=503, retry_after=5,
+                                            close_reason="try again later")),
 )
 
 UNEXPECTED = WireOutcome(close_code=1011, http_status=500)

@@ -61,10 +61,6 @@ class InvalidParams(JsonRpcError):
     code, message, name, http_status = -32602, "Invalid params", "rtbus.jsonrpc.InvalidParams", 200
 
 
-class SessionExpired(JsonRpcError):
-    code, message, name = 100, "Odoo Session Expired", "odoo.http.SessionExpiredException"
-
-
 class AccessDenied(JsonRpcError):
     message, name, http_status = "Access Denied", "odoo.exceptions.AccessDenied", 403
 
@@ -152,14 +148,15 @@ def jsonrpc_route(func):
                              exc.http_status, exc.headers)
         except Exception as exc:
             outcome = errors.wire_outcome(exc)
-            name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+            name = outcome.rpc_name or f"{type(exc).__module__}.{type(exc).__qualname__}"
             if outcome is errors.UNEXPECTED:
                 _logger.exception("error in %s", request.path)
-                return _response(error_body(request_id, 200, "Odoo Server Error", name, "internal server error"),
-                                 500)
-            _logger.warning("%s: %s", request.path, exc)
+                return _response(error_body(request_id, outcome.rpc_code, outcome.rpc_message, name,
+                                            "internal server error"), 500)
+            if not isinstance(exc, errors.SessionExpired):   # routine: logins and logouts
+                _logger.warning("%s: %s", request.path, exc)
             headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
-            return _response(error_body(request_id, 200, "Odoo Server Error", name, str(exc)),
+            return _response(error_body(request_id, outcome.rpc_code, outcome.rpc_message, name, str(exc)),
                              outcome.http_status, headers)
     endpoint.jsonrpc = True
     return endpoint

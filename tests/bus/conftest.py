@@ -9,18 +9,12 @@ import psycopg2
 import pytest
 
 from rtbus.bus.publish import BusConnection, Notifier
-from rtbus.db import schema
 
 
 @pytest.fixture
-def bus_db(pg_cluster, fresh_db) -> str:
+def bus_db(schema_db) -> str:
     """A fresh database with the rtbus schema (bus_bus and the SQL publishing functions)."""
-    conn = pg_cluster.connect(fresh_db)
-    try:
-        schema.upgrade(conn)
-    finally:
-        conn.close()
-    return fresh_db
+    return schema_db
 
 
 @pytest.fixture
