@@ -371,11 +371,35 @@ SETTINGS: tuple[Setting, ...] = (
         Setting("http_socket_timeout", "float", 2.0, check=TIMEOUT, cli=False, help=(
             "Seconds a prefork HTTP worker waits on a client socket, for a request or to send "
             "a response, before giving up on it.")),
+    ),
+    *_in_section(
+        "WebSocket",
+        Setting("websocket_keep_alive_timeout", "float", 3600.0, check=TIMEOUT, cli=False, help=(
+            "Lifetime of a websocket in seconds, plus a random part up to half of it so that "
+            "connections do not all expire together; then it is closed with 4002 and the client "
+            "reconnects at once. 0 means no limit.")),
+        Setting("websocket_rate_limit_burst", "int", 10, check=Range(1), cli=False, help=(
+            "Frames a client may send within websocket_rate_limit_burst x "
+            "websocket_rate_limit_delay seconds; one more closes the connection with 1013.")),
+        Setting("websocket_rate_limit_delay", "float", 0.2, check=TIMEOUT, cli=False, help=(
+            "Seconds per frame of the websocket rate limit (see websocket_rate_limit_burst).")),
+        Setting("websocket_max_message_size", "bytes", 1 * MIB, check=Range(126), cli=False, help=(
+            "Largest message a client may send; a larger frame or message is refused with close "
+            "1009 before its payload is read.")),
+        Setting("websocket_ping_interval", "float", 40.0, check=Range(1), cli=False, help=(
+            "Seconds without any frame in either direction after which the server pings the "
+            "client; kept below the usual 60 s proxy idle timeout.")),
+        Setting("websocket_response_timeout", "float", 15.0, check=Range(0.1), cli=False, help=(
+            "Seconds a client has to answer a ping or a close before the TCP connection is "
+            "dropped.")),
+        Setting("websocket_send_timeout", "float", 10.0, check=Range(0.1), cli=False, help=(
+            "Seconds a send to a websocket may block; a client that does not read for that long "
+            "is dropped as a slow consumer.")),
         Setting("websocket_close_batch", "int", 0, check=COUNT, cli=False,
-                fallback=Fallback(when=0, setting="gevent_max_connections"), help=(
-            "Number of websockets closed per batch on a graceful stop, so that clients "
-            "reconnect spread over time; 0 means the gevent pool size "
-            "(gevent_max_connections).")),
+                fallback=Fallback(when=0, setting="db_maxconn_gevent"), help=(
+            "Number of websockets closed per batch on a graceful stop, so that reconnecting "
+            "clients do not flood the next process's database pool; 0 means the gevent pool "
+            "size (db_maxconn_gevent).")),
         Setting("websocket_close_interval", "float", 0.1, check=TIMEOUT, cli=False, help=(
             "Seconds between two batches of websocket closures on a graceful stop.")),
     ),
@@ -488,6 +512,37 @@ SETTINGS: tuple[Setting, ...] = (
         Setting("mailbox_max_bytes", "bytes", 4 * MIB, cli=False, help=(
             "Bound on the bytes queued for one subscriber that has not read them yet; a "
             "client falling further behind is disconnected and catches up on reconnection.")),
+    ),
+    *_in_section(
+        "Sessions and channels",
+        Setting("session_ttl", "int", 7 * 86400, check=Range(60), flags=("--session-ttl",),
+                help=(
+            "Lifetime in seconds of a session created without an explicit one (through the "
+            "JSON-RPC route or the CLI); rotating a session keeps its lifetime.")),
+        Setting("session_check_cache_seconds", "float", 1.0, check=Range(0, 60), cli=False,
+                help=(
+            "Seconds a process may reuse a session check instead of asking the database "
+            "again; a revoked or rotated session is refused at most this long after the "
+            "change (0 checks every message and every dispatch).")),
+        Setting("public_channels", "list", (), flags=("--public-channels",), help=(
+            "Channel names a visitor without a session cookie may listen to, besides "
+            "broadcast; matched exactly.")),
+        Setting("channel_allowlist", "list", (), flags=("--channel-allowlist",),
+                metavar="PATTERN,...", help=(
+            "fnmatch patterns (case-sensitive) a channel name requested by a signed-in "
+            "client must match; empty allows any name, relying on names being unguessable "
+            "as Odoo does.")),
+        Setting("max_channels_per_subscription", "int", 1000, check=Range(1, 100000),
+                flags=("--max-channels-per-subscription",), help=(
+            "Most channels one subscribe or poll may ask for; a longer list is refused.")),
+    ),
+    *_in_section(
+        "Presence",
+        Setting("presence_update_interval", "float", 60.0, check=Range(0, 3600),
+                flags=("--presence-update-interval",), help=(
+            "Minimum seconds between two writes of one user's presence that do not change "
+            "its status; updates in between are absorbed (a status change is always "
+            "written).")),
     ),
     *_in_section(
         "Logging",

@@ -117,6 +117,37 @@ def fresh_db(pg_cluster) -> str:
         pg_cluster.drop_database(name)
 
 
+@pytest.fixture
+def schema_db(pg_cluster, fresh_db) -> str:
+    """A fresh database (see fresh_db) with the rtbus schema applied."""
+    from rtbus.db import schema
+
+    conn = pg_cluster.connect(fresh_db)
+    try:
+        schema.upgrade(conn)
+    finally:
+        conn.close()
+    return fresh_db
+
+
+@pytest.fixture(scope="module")
+def module_db(pg_cluster) -> str:
+    """A database with the rtbus schema shared by one test module (for its shared servers)."""
+    from rtbus.db import schema
+
+    name = pgcluster.unique_name()
+    pg_cluster.create_database(name, template="template0")
+    conn = pg_cluster.connect(name)
+    try:
+        schema.upgrade(conn)
+    finally:
+        conn.close()
+    try:
+        yield name
+    finally:
+        pg_cluster.drop_database(name)
+
+
 @pytest.fixture(scope="module")
 def crash_cluster():
     """A separate Cluster for tests that kill or restart PostgreSQL, so pg_cluster is never disturbed."""

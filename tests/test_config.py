@@ -427,11 +427,12 @@ def test_effective_fallbacks():
     assert config.effective("limit_memory_soft_gevent") == 2048 * MIB
     assert config.effective("limit_memory_hard_gevent") == 2560 * MIB
     assert config.effective("limit_time_real_cron") == 120
-    assert config.effective("websocket_close_batch") == 10000
+    assert config.effective("websocket_close_batch") == 64      # the gevent pool size
     assert config.effective("db_name") == "rtbus"
     assert config.effective("workers") == 0
     config = config.replace(db_maxconn=10, limit_time_real=30, limit_memory_soft="1G")
     assert config.effective("db_maxconn_gevent") == 10
+    assert config.effective("websocket_close_batch") == 10     # chained fallbacks
     assert config.effective("limit_time_real_cron") == 30
     assert config.effective("limit_memory_soft_gevent") == 1024 * MIB
     config = config.replace(db_maxconn_gevent=200, limit_time_real_cron=0, db_name="x")

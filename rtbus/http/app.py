@@ -15,7 +15,7 @@ from werkzeug.wrappers import Request, Response
 
 from rtbus import errors
 from rtbus.db.connect import served_databases
-from rtbus.http import health, publish
+from rtbus.http import health, publish, websocket_route
 from rtbus.http.jsonrpc import InvalidParams
 from rtbus.http.responses import error_response, json_response
 
@@ -35,12 +35,44 @@ class Application:
         self.pool = pool
         self.dispatcher = dispatcher
         self.databases = served_databases(config)
+        self.hub = None   # the websocket hub, set by the evented processes
         self._publisher = None
+        self._sessions = None
+        self._policy = None
+        self._presence = None
         self.url_map = Map([
             Rule("/", endpoint=index, methods=["GET", "HEAD"]),
             Rule("/websocket/health", endpoint=health.websocket_health, methods=["GET", "HEAD"]),
             Rule("/bus/publish", endpoint=publish.publish),
+            # Upgrade requests match the first rule, anything else the second, so
+            # that a plain GET gets the handshake's sentence, not a routing error.
+            Rule("/websocket", endpoint=websocket_route.websocket, websocket=True),
+            Rule("/websocket", endpoint=websocket_route.websocket),
         ])
+
+    @property
+    def policy(self):
+        """The channel rules of this deployment."""
+        if self._policy is None:
+            from rtbus.bus.authorization import ChannelPolicy
+            self._policy = ChannelPolicy.from_config(self.config)
+        return self._policy
+
+    @property
+    def presence(self):
+        """This process's PresenceService (throttled, coalesced presence writes)."""
+        if self._presence is None:
+            from rtbus.bus.presence import PresenceService
+            self._presence = PresenceService.from_config(self.pool, self.config)
+        return self._presence
+
+    @property
+    def sessions(self):
+        """This process's SessionStore (a small cache in front of rtbus_session)."""
+        if self._sessions is None:
+            from rtbus.session import SessionStore
+            self._sessions = SessionStore(self.pool, self.config)
+        return self._sessions
 
     @property
     def publisher(self):

@@ -33,15 +33,29 @@ class Job:
     run: Callable[[object], str]
 
 
+SESSION_GC_INTERVAL = 3600
+PRESENCE_GC_INTERVAL = 600
+
+
 def bus_jobs(config) -> tuple[Job, ...]:
     """The jobs every rtbus deployment runs."""
     from rtbus.bus.gc import collect_garbage
+    from rtbus.bus.presence import gc_presences
+    from rtbus.session import gc_sessions
 
     def bus_gc(conn) -> str:
         deleted = collect_garbage(conn, config.gc_retention_seconds)
         return f"{deleted} notifications older than {config.gc_retention_seconds} s deleted"
 
-    return (Job("bus_gc", config.gc_interval_seconds, bus_gc),)
+    def session_gc(conn) -> str:
+        return f"{gc_sessions(conn)} expired sessions deleted"
+
+    def presence_gc(conn) -> str:
+        return f"{gc_presences(conn)} outdated presences removed"
+
+    return (Job("bus_gc", config.gc_interval_seconds, bus_gc),
+            Job("session_gc", SESSION_GC_INTERVAL, session_gc),
+            Job("presence_gc", PRESENCE_GC_INTERVAL, presence_gc))
 
 
 class CronRunner:

@@ -40,12 +40,38 @@ WATCHDOG_INTERVAL = 2.0    # memory and parent checks
 
 
 class _Handler(WSGIHandler):
-    """pywsgi's handler, giving the application the raw socket (the websocket layer needs it)."""
+    """pywsgi's handler, able to hand an upgraded connection over to the websocket hub.
 
-    def get_environ(self):
-        environ = super().get_environ()
-        environ["rtbus.socket"] = self.socket
-        return environ
+    The ``/websocket`` route answers 101 and leaves ``rtbus.upgrade`` in the
+    environ; once the 101 is written, the socket belongs to the websocket
+    layer for the rest of its life, in this same greenlet.
+    """
+
+    def finalize_headers(self):
+        if self.code == 101:
+            # No body and no length: the stream now carries websocket frames.
+            self.connection_upgraded = True
+            return
+        super().finalize_headers()
+
+    def run_application(self):
+        super().run_application()
+        upgrade = self.environ.pop("rtbus.upgrade", None)
+        if upgrade is None or self.code != 101:
+            return
+        self.close_connection = True
+        upgrade(self.socket, self._buffered_input())
+
+    def _buffered_input(self) -> bytes:
+        """Bytes the client sent after its request that pywsgi already buffered."""
+        rfile = self.rfile
+        self.socket.setblocking(False)
+        try:
+            return rfile.read1(65536) or b""
+        except (BlockingIOError, OSError, ValueError):
+            return b""
+        finally:
+            self.socket.setblocking(True)
 
 
 class EventedServer:
@@ -66,6 +92,7 @@ class EventedServer:
         self._database = None
         self.dispatcher = None
         self.app = None
+        self.hub = None
         self.pool = None
         self.cron_pool = None
         self.server: WSGIServer | None = None
@@ -113,6 +140,9 @@ class EventedServer:
         if not self.dispatcher.start(wait=10.0):
             _logger.warning("LISTEN imbus is not up yet; the dispatcher keeps retrying in the background")
         self.app = Application(config, role=self.mode, pool=self.pool, dispatcher=self.dispatcher)
+        self.hub = self._make_hub()
+        self.app.hub = self.hub
+        self.stop_hooks.append(self.hub.close_all)
         self.server = WSGIServer(
             self.listener, self.app,
             handler_class=_Handler,
@@ -132,6 +162,17 @@ class EventedServer:
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.request_stop, signal.Signals(signum).name)
         gevent.signal_handler(signal.SIGQUIT, self._stop_now, "SIGQUIT")
+
+    def _make_hub(self):
+        from rtbus.bus.authorization import AfterSubscribeHooks
+        from rtbus.bus.presence import push_missed_presences
+        from rtbus.websocket.hub import Hub, WebsocketSettings
+
+        hooks = AfterSubscribeHooks()
+        hooks.register(push_missed_presences)
+        return Hub(WebsocketSettings.from_config(self.config), dispatcher=self.dispatcher,
+                   sessions=self.app.sessions, policy=self.app.policy, hooks=hooks, pool=self.pool,
+                   presence=self.app.presence)
 
     def request_stop(self, why: str) -> None:
         """Begin a graceful stop; a second request makes it fast."""

@@ -16,11 +16,8 @@ API_KEY = "s3cret-key"
 
 
 @pytest.fixture(scope="module")
-def bus_db(pg_cluster):
-    name = pgcluster.unique_name()
-    pg_cluster.create_database(name, template="template0")
-    yield name
-    pg_cluster.drop_database(name)
+def bus_db(module_db):
+    return module_db
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,67 @@
+"""``/websocket``: the handshake, then the connection is handed to the websocket hub.
+
+Served by the evented processes only. An HTTP worker answering it would hold
+a prefork worker for the life of the connection; instead it answers 421 with
+Odoo's sentence naming the longpolling port, the most common deployment
+mistake (nginx not routing /websocket to the longpolling port).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from werkzeug.wrappers import Request, Response
+
+from rtbus.http.responses import error_response
+from rtbus.websocket import handshake
+
+_logger = logging.getLogger(__name__)
+
+MISROUTE_LOG_INTERVAL = 60.0   # seconds between two log lines about misrouted websockets
+_misroutes = {"last_logged": 0.0, "since": 0}
+
+
+def _misrouted(app, request: Request) -> Response:
+    port = app.config.gevent_port
+    message = (f"Couldn't bind the websocket. Is the connection opened on the evented port ({port})? "
+               f"This is an HTTP worker: route /websocket to the longpolling port.")
+    _misroutes["since"] += 1
+    now = time.monotonic()
+    if now - _misroutes["last_logged"] >= MISROUTE_LOG_INTERVAL:
+        _logger.warning("%s (%d such requests since the last warning; last from %s)",
+                        message, _misroutes["since"], request.remote_addr)
+        _misroutes["last_logged"] = now
+        _misroutes["since"] = 0
+    return error_response(421, message)
+
+
+def websocket(app, request: Request) -> Response:
+    """Validate the upgrade and answer 101; the hub serves the socket afterwards."""
+    from rtbus.errors import SessionExpired
+    from rtbus.session import sid_from_cookie_header
+
+    if not app.serves_subscribers:
+        return _misrouted(app, request)
+    try:
+        key = handshake.check_request(request.method, request.headers)
+    except handshake.HandshakeError as exc:
+        _logger.info("websocket handshake refused (%d) for %s: %s", exc.status, request.remote_addr, exc.message)
+        return error_response(exc.status, exc.message, dict(exc.headers))
+    dbname = app.database(request.args.get("db"))
+    outdated = handshake.is_outdated(request.args.get("version"), request.headers.get("User-Agent"))
+    expired = False
+    try:
+        session = app.sessions.authenticate(dbname, sid_from_cookie_header(request.environ))
+    except SessionExpired:
+        # Accepted, then closed with 4001: the client waits for a new session.
+        session, expired = app.sessions.public(dbname), True
+    response = Response(status=101, headers=handshake.response_headers(key))
+    del response.headers["Content-Type"]
+    remote = request.remote_addr or "?"
+
+    def serve(sock, initial: bytes) -> None:
+        app.hub.serve(sock, session, remote=remote, initial=initial, outdated=outdated, expired=expired)
+
+    request.environ["rtbus.upgrade"] = serve
+    return response

@@ -1,0 +1,293 @@
+"""One websocket connection on gevent: the I/O around the sans-I/O ServerProtocol.
+
+Two greenlets per connection:
+
+- the *reader* (the request's own greenlet) waits for bytes, feeds the
+  protocol, applies the rate limit, handles client events, and runs the timers
+  (ping after `ping_interval` of silence, drop when a ping or close is not
+  answered within `response_timeout`, close 4002 at the end of the jittered
+  keep-alive lifetime);
+- the *writer* takes encoded batches from the connection's bounded Mailbox
+  (filled by ImDispatch, which never blocks) and sends them, re-checking the
+  session before each one.
+
+Both write through `_send_lock`, so frames never interleave. Anything may ask
+for a close (`close`), from any greenlet: it sends the close frame and arms a
+timer that drops the TCP connection if the peer never echoes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import socket
+import time
+
+import gevent
+import gevent.lock
+from gevent.socket import wait_read
+
+from rtbus import errors
+from rtbus.bus.mailbox import Mailbox
+from rtbus.websocket import events
+from rtbus.websocket.frames import CloseCode
+from rtbus.websocket.protocol import (BinaryMessage, CloseReceived, InvalidState, PingReceived,
+                                      PongReceived, ProtocolViolation, ServerProtocol, State,
+                                      TextMessage)
+from rtbus.websocket.ratelimit import RateLimiter
+
+_logger = logging.getLogger(__name__)
+
+RECV_SIZE = 65536
+MAX_LOGGED_BAD_EVENTS = 3    # per connection; later ones are logged at debug level
+
+_ids = itertools.count(1)
+
+
+class WebsocketConnection:
+    """The server side of one open websocket. `run()` blocks until it is over."""
+
+    def __init__(self, hub, sock: socket.socket, session, *, remote: str, initial: bytes = b""):
+        settings = hub.settings
+        self.hub = hub
+        self.id = next(_ids)
+        self.sock = sock
+        self.session = session
+        self.dbname = session.dbname
+        self.remote = remote
+        self.protocol = ServerProtocol(max_message_size=settings.max_message_size)
+        self.mailbox = Mailbox(settings.mailbox_max_bytes, on_overflow=self._on_overflow)
+        self.limiter = RateLimiter(settings.rate_limit_burst, settings.rate_limit_delay)
+        now = time.monotonic()
+        self.opened_at = now
+        self.last_activity = now
+        keep_alive = settings.keep_alive_timeout
+        self.expires_at = now + keep_alive + random.uniform(0, keep_alive / 2) if keep_alive else None
+        self.ping_deadline: float | None = None
+        self.close_code: int | None = None     # what we closed with (None: the peer closed)
+        self._initial = initial
+        self._send_lock = gevent.lock.Semaphore()
+        self._terminated = False
+        self._subscribed = False
+        self._bad_events = 0
+        self._writer = None
+
+    def __repr__(self) -> str:
+        return f"websocket #{self.id} ({self.remote}, {self.session!r})"
+
+    # -- lifecycle -------------------------------------------------------
+    def run(self) -> None:
+        self.sock.settimeout(self.hub.settings.send_timeout)
+        self._writer = gevent.spawn(self._writer_loop)
+        try:
+            if self._initial:
+                self._receive(self._initial)
+            self._reader_loop()
+        finally:
+            self.hub.dispatcher.unsubscribe(self)
+            # Closing the mailbox and the socket ends the writer by itself; killing
+            # it while it waits on the mailbox's condition would break that lock.
+            self._terminate()
+            self._writer.join(timeout=self.hub.settings.send_timeout)
+            self.hub.forget(self)
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake with `code`; drop TCP if it is not answered in time.
+
+        Safe from any greenlet. A second close while one is pending does nothing.
+        """
+        if self._terminated or self.protocol.state is not State.OPEN:
+            return
+        self.close_code = int(code)
+        self.hub.count_close(code)
+        try:
+            with self._send_lock:
+                self.protocol.send_close(code, reason)
+                self._flush_locked()
+        except OSError:
+            self._terminate()
+            return
+        gevent.spawn_later(self.hub.settings.response_timeout, self._terminate_if_open, "close")
+        if self.protocol.should_close_transport():
+            self._terminate()
+
+    def _terminate_if_open(self, awaited: str) -> None:
+        if not self._terminated:
+            _logger.info("%s: no answer to our %s within %.0f s; dropping the connection",
+                         self, awaited, self.hub.settings.response_timeout)
+            self._terminate()
+
+    def _terminate(self) -> None:
+        """Drop the TCP connection now (Odoo's 1006 ABNORMAL_CLOSURE: no close frame)."""
+        if self._terminated:
+            return
+        self._terminated = True
+        self.mailbox.close()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    # -- reading ---------------------------------------------------------
+    def _reader_loop(self) -> None:
+        # The first bytes may have arrived with the handshake and already closed
+        # the connection: check before waiting for more.
+        while not self._terminated and not self.protocol.should_close_transport():
+            timeout = self._run_timers()
+            if self._terminated:
+                return
+            try:
+                wait_read(self.sock.fileno(), timeout=timeout, timeout_exc=socket.timeout)
+            except socket.timeout:
+                continue
+            except (OSError, ValueError):
+                return          # closed by _terminate in another greenlet
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return
+            if not data:
+                return          # the peer went away without a close frame
+            self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        now = time.monotonic()
+        self.last_activity = now
+        before = self.protocol.frames_received
+        received = self.protocol.receive_data(data)
+        for _ in range(self.protocol.frames_received - before):
+            if not self.limiter.allow(now):
+                self.hub.counters["rate_limited"] += 1
+                _logger.info("%s: more than %d frames in %.1f s; closing with 1013", self,
+                             self.limiter.burst, self.limiter.window)
+                self.close(CloseCode.TRY_LATER, "rate limit exceeded")
+                return
+        for event in received:
+            self._handle(event)
+            if self._terminated:
+                return
+        try:
+            with self._send_lock:
+                self._flush_locked()
+        except OSError:
+            self._terminate()
+
+    def _handle(self, event) -> None:
+        if isinstance(event, (TextMessage, BinaryMessage)):
+            message = event.text if isinstance(event, TextMessage) else event.data
+            if events.is_probe(message):
+                return
+            self._handle_message(message)
+        elif isinstance(event, PongReceived):
+            self.ping_deadline = None
+        elif isinstance(event, CloseReceived):
+            _logger.debug("%s: closed by the client (%s %s)", self, event.code, event.reason)
+        elif isinstance(event, ProtocolViolation):
+            self.close_code = int(event.code)
+            self.hub.count_close(event.code)
+            _logger.info("%s: protocol violation, closing with %d: %s", self, event.code, event.reason)
+        elif isinstance(event, PingReceived):
+            pass   # the protocol queued the pong
+
+    def _handle_message(self, message: str | bytes) -> None:
+        try:
+            event = events.parse_event(message)
+            self.session = self.hub.sessions.check(self.session)
+            self.hub.handle_event(self, event)
+        except events.InvalidEvent as exc:
+            self._bad_event(exc)
+        except ValueError as exc:   # channel rules (bus.Bus only string channels are allowed...)
+            self._bad_event(exc)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _bad_event(self, exc: Exception) -> None:
+        self._bad_events += 1
+        level = logging.WARNING if self._bad_events <= MAX_LOGGED_BAD_EVENTS else logging.DEBUG
+        _logger.log(level, "%s: ignored client message: %s", self, exc)
+
+    def _fail(self, exc: Exception) -> None:
+        """Close the connection for an error while serving it, with the error's close code."""
+        code = self.hub.close_code_for(exc)
+        if code == CloseCode.SERVER_ERROR:
+            _logger.error("%s: unexpected error, closing with 1011", self, exc_info=exc)
+            self.close(code)
+        else:
+            _logger.info("%s: closing with %d: %s", self, code, exc)
+            self.close(code, self.hub.close_reason_for(exc))
+
+    # -- timers ----------------------------------------------------------
+    def _run_timers(self) -> float:
+        """Act on the timers that are due; return the seconds until the next one."""
+        settings = self.hub.settings
+        now = time.monotonic()
+        if self.ping_deadline is not None and now >= self.ping_deadline:
+            self._terminate_if_open("ping")
+            return 0.0
+        if self.protocol.state is State.OPEN:
+            if self.expires_at is not None and now >= self.expires_at:
+                _logger.debug("%s: keep-alive lifetime reached, closing with 4002", self)
+                self.close(CloseCode.KEEP_ALIVE_TIMEOUT, "keep alive timeout")
+            elif self.ping_deadline is None and now - self.last_activity >= settings.ping_interval:
+                try:
+                    with self._send_lock:
+                        self.protocol.send_ping()
+                        self._flush_locked()
+                except (OSError, InvalidState):
+                    self._terminate()
+                    return 0.0
+                self.ping_deadline = now + settings.response_timeout
+        deadlines = [self.last_activity + settings.ping_interval]
+        if self.ping_deadline is not None:
+            deadlines.append(self.ping_deadline)
+        if self.expires_at is not None:
+            deadlines.append(self.expires_at)
+        return max(min(deadlines) - now, 0.05)
+
+    # -- writing ---------------------------------------------------------
+    def _flush_locked(self) -> None:
+        data = self.protocol.data_to_send()
+        if data:
+            self.sock.sendall(data)
+            self.last_activity = time.monotonic()
+
+    def _writer_loop(self) -> None:
+        while True:
+            batch = self.mailbox.get()
+            if batch is None:
+                if self.mailbox.overflowed and not self._terminated:
+                    self._drop_slow_consumer(f"{self.mailbox.pending_bytes} bytes queued")
+                return
+            try:
+                self.session = self.hub.sessions.check(self.session)
+            except Exception as exc:
+                self._fail(exc)    # the pending notification is not delivered
+                return
+            try:
+                with self._send_lock:
+                    if self.protocol.state is not State.OPEN:
+                        return
+                    self.protocol.send_text(batch)
+                    self._flush_locked()
+                self.hub.counters["batches_sent"] += 1
+            except socket.timeout:
+                self._drop_slow_consumer(f"a send blocked for {self.hub.settings.send_timeout:.0f} s")
+                return
+            except OSError:
+                self._terminate()
+                return
+
+    def _on_overflow(self, mailbox) -> None:
+        # Called from the dispatcher: only wake the writer (Mailbox.get returns None).
+        pass
+
+    def _drop_slow_consumer(self, why: str) -> None:
+        self.hub.counters["slow_consumers"] += 1
+        _logger.info("%s: slow consumer dropped (%s)", self, why)
+        self.close_code = int(CloseCode.TRY_LATER)
+        self.hub.count_close(CloseCode.TRY_LATER)
+        self._terminate()

@@ -1,0 +1,160 @@
+"""The websocket hub of one evented process: its open connections and what they share.
+
+Created once at process start (gevent process or single mode) with the
+process's dispatcher, session store and pool. It turns client events into
+subscriptions, keeps the counters that metrics read, maps errors to close codes
+(through rtbus.errors, in one place), and closes every connection with 1001 in
+batches on a graceful stop, so that reconnecting clients do not all hit the
+next process's database pool at the same instant.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+
+import gevent
+
+from rtbus import errors
+from rtbus.websocket import events
+from rtbus.websocket.frames import CloseCode
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class WebsocketSettings:
+    """The websocket tunables, read once from the configuration."""
+
+    max_message_size: int = 1 << 20
+    keep_alive_timeout: float = 3600.0
+    ping_interval: float = 40.0
+    response_timeout: float = 15.0
+    rate_limit_burst: int = 10
+    rate_limit_delay: float = 0.2
+    send_timeout: float = 10.0
+    mailbox_max_bytes: int = 4 << 20
+    close_batch: int = 64
+    close_interval: float = 0.1
+
+    @classmethod
+    def from_config(cls, config) -> "WebsocketSettings":
+        return cls(
+            max_message_size=config.websocket_max_message_size,
+            keep_alive_timeout=config.websocket_keep_alive_timeout,
+            ping_interval=config.websocket_ping_interval,
+            response_timeout=config.websocket_response_timeout,
+            rate_limit_burst=config.websocket_rate_limit_burst,
+            rate_limit_delay=config.websocket_rate_limit_delay,
+            send_timeout=config.websocket_send_timeout,
+            mailbox_max_bytes=config.mailbox_max_bytes,
+            close_batch=config.effective("websocket_close_batch"),
+            close_interval=config.websocket_close_interval,
+        )
+
+
+class Hub:
+    """Open websockets of this process and the services they use."""
+
+    def __init__(self, settings: WebsocketSettings, *, dispatcher, sessions, policy, hooks, pool,
+                 presence=None):
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.sessions = sessions
+        self.policy = policy
+        self.hooks = hooks
+        self.pool = pool
+        self.presence = presence
+        self.connections: dict[int, object] = {}
+        self.counters: collections.Counter = collections.Counter()
+        self.closes: collections.Counter = collections.Counter()    # by close code
+        self.stopping = False
+
+    # -- connections -----------------------------------------------------
+    def serve(self, sock, session, *, remote: str, initial: bytes = b"", outdated: bool = False,
+              expired: bool = False) -> None:
+        """Run one websocket until it ends (blocks the calling greenlet).
+
+        `outdated`: the client runs an old worker version; `expired`: its cookie
+        named a session that is no longer valid (`session` is then the public one).
+        """
+        from rtbus.websocket.connection import WebsocketConnection
+
+        connection = WebsocketConnection(self, sock, session, remote=remote, initial=initial)
+        self.connections[connection.id] = connection
+        self.counters["opened"] += 1
+        if self.presence is not None and not expired and not session.is_public:
+            self.presence.connection_opened(session)
+        if outdated:
+            # Accepted, then closed with a *clean* code, so the client does not
+            # reconnect and tells its user to reload the page.
+            connection.close(CloseCode.CLEAN, "OUTDATED_VERSION")
+        elif expired:
+            connection.close(CloseCode.SESSION_EXPIRED, "session expired")
+        elif self.stopping:
+            connection.close(CloseCode.GOING_AWAY, "server stopping")
+        connection.run()
+
+    def forget(self, connection) -> None:
+        if self.connections.pop(connection.id, None) is not None:
+            if self.presence is not None and not connection.session.is_public:
+                try:
+                    self.presence.connection_closed(connection.session)
+                except Exception as exc:     # the connection is gone either way
+                    _logger.warning("%s: could not record the presence change: %s", connection, exc)
+
+    def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "server stopping") -> int:
+        """Close every connection with `code`, `close_batch` at a time; return how many."""
+        self.stopping = True
+        targets = list(self.connections.values())
+        batch = max(1, self.settings.close_batch)
+        if targets:
+            _logger.info("closing %d websockets with %d, %d every %.2f s",
+                         len(targets), code, batch, self.settings.close_interval)
+        for start in range(0, len(targets), batch):
+            for connection in targets[start:start + batch]:
+                connection.close(code, reason)
+            if start + batch < len(targets):
+                gevent.sleep(self.settings.close_interval)
+        return len(targets)
+
+    # -- events ----------------------------------------------------------
+    def handle_event(self, connection, event: events.ClientEvent) -> None:
+        """Act on one client event; raises InvalidEvent/ValueError for bad ones."""
+        if event.name == "subscribe":
+            self.subscribe(connection, events.parse_subscribe(event.data))
+        elif event.name == "update_presence":
+            inactivity = events.parse_inactivity(event.data)
+            if self.presence is not None:
+                self.presence.update_presence(connection.session, inactivity)
+        else:
+            _logger.debug("%s: event %r has no handler", connection, event.name[:40])
+
+    def subscribe(self, connection, request: events.SubscribeRequest) -> None:
+        from rtbus.bus.authorization import SubscribeContext, authorize
+
+        subscription = authorize(connection.session, request.channels, self.policy)
+        self.dispatcher.subscribe(connection, connection.dbname, list(subscription.channels),
+                                  request.last, connection.mailbox)
+        self.counters["subscriptions"] += 1
+        if self.hooks is not None and len(self.hooks):
+            context = SubscribeContext(pool=self.pool, transport="websocket",
+                                       extra={"connection": connection.id, "remote": connection.remote})
+            self.hooks.run(connection.session, subscription, context)
+
+    # -- errors and counters ---------------------------------------------
+    @staticmethod
+    def close_code_for(exc: BaseException) -> int:
+        return errors.wire_outcome(exc).close_code
+
+    @staticmethod
+    def close_reason_for(exc: BaseException) -> str:
+        return errors.wire_outcome(exc).close_reason
+
+    def count_close(self, code) -> None:
+        self.closes[int(code)] += 1
+
+    def stats(self) -> dict:
+        return {"open": len(self.connections), **self.counters,
+                "closes": dict(self.closes)}
