@@ -48,6 +48,13 @@ class SessionExpired(RtbusError):
     """
 
 
+class Overloaded(RtbusError):
+    """This process holds as much as it may (long-polls, say) or is stopping; retry later.
+
+    HTTP 503 with Retry-After; WebSocket close 1013.
+    """
+
+
 class ClusterError(RtbusError):
     """An embedded or throwaway PostgreSQL cluster could not be created, started or stopped."""
 
@@ -76,6 +83,8 @@ WIRE_OUTCOMES: tuple[tuple[type[BaseException], WireOutcome], ...] = (
                                  rpc_name="odoo.http.SessionExpiredException")),
     (PoolError, WireOutcome(close_code=1013, http_status=503, retry_after=1,
                             close_reason="try again later")),
+    (Overloaded, WireOutcome(close_code=1013, http_status=503, retry_after=5,
+                             close_reason="try again later")),
     (DatabaseUnavailable, WireOutcome(close_code=1013, http_status=503, retry_after=5,
                                       close_reason="try again later")),
     # The server went away, refused a connection, cancelled a statement or

@@ -193,7 +193,7 @@ def _encode(db: str, channel) -> str:
 class SubscribeContext:
     """What an after-subscribe hook may use.
 
-    `pool`: the process's ConnectionPool. `transport`: "websocket" or "peek".
+    `pool`: the process's ConnectionPool. `transport`: "websocket", "longpolling" or "peek".
     `notifier`: the Notifier to publish with (None: the process default).
     `extra`: anything the transport wants to pass on (connection id, remote address).
     """

@@ -69,6 +69,11 @@ class ServiceUnavailable(JsonRpcError):
     message, name, http_status = "Service Unavailable", "rtbus.errors.ServiceUnavailable", 503
 
 
+class RawResult(bytes):
+    """A result already encoded as JSON text: spliced into the response without being
+    decoded and encoded again (a long-poll's batch, as the dispatcher encoded it)."""
+
+
 def error_body(request_id, code: int, message: str, name: str, detail: str) -> dict:
     return {
         "jsonrpc": "2.0",
@@ -83,6 +88,22 @@ def error_body(request_id, code: int, message: str, name: str, detail: str) -> d
 
 def _response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
     response = Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def error_response(exc: JsonRpcError, request_id=None) -> Response:
+    """The response carrying `exc` as a JSON-RPC error object, for endpoints that answer
+    before reading the call (a misrouted request, a removed route)."""
+    return _response(error_body(request_id, exc.code, exc.message, exc.name, exc.detail),
+                     exc.http_status, exc.headers)
+
+
+def _result_response(request_id, result) -> Response:
+    if not isinstance(result, RawResult):
+        return _response({"jsonrpc": "2.0", "id": request_id, "result": result})
+    body = b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (orjson.dumps(request_id), bytes(result))
+    response = Response(body, mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -125,14 +146,19 @@ def _bind(func, params: dict) -> dict:
     return params
 
 
-def jsonrpc_route(func):
+def jsonrpc_route(func=None, *, authorize=None):
     """Wrap ``func(app, request, *, param...) -> result`` as a JSON-RPC endpoint.
 
     The parameters of the call are the keyword-only parameters of `func`.
-    `JsonRpcError`s become error objects; other errors go through
-    `errors.wire_outcome` (PoolError → 503 with Retry-After), and unexpected
-    ones are logged with their traceback and answered as a server error.
+    `authorize(app, request)`, when given, runs before the body is even read and
+    raises (AccessDenied...) to refuse the call. `JsonRpcError`s become error
+    objects; other errors go through `errors.wire_outcome` (PoolError → 503 with
+    Retry-After), and unexpected ones are logged with their traceback and
+    answered as a server error.
     """
+    if func is None:
+        return functools.partial(jsonrpc_route, authorize=authorize)
+
     @functools.wraps(func)
     def endpoint(app, request: Request, **route_args) -> Response:
         request_id = None
@@ -140,9 +166,11 @@ def jsonrpc_route(func):
             if request.method != "POST":
                 raise InvalidRequest(f"JSON-RPC routes answer POST requests, not {request.method}",
                                      http_status=405, headers={"Allow": "POST"})
+            if authorize is not None:
+                authorize(app, request)
             request_id, params = _read_call(request)
             result = func(app, request, **route_args, **_bind(func, params))
-            return _response({"jsonrpc": "2.0", "id": request_id, "result": result})
+            return _result_response(request_id, result)
         except JsonRpcError as exc:
             return _response(error_body(request_id, exc.code, exc.message, exc.name, exc.detail),
                              exc.http_status, exc.headers)

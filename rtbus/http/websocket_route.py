@@ -9,30 +9,21 @@ mistake (nginx not routing /websocket to the longpolling port).
 from __future__ import annotations
 
 import logging
-import time
 
 from werkzeug.wrappers import Request, Response
 
+from rtbus.http import misroute
 from rtbus.http.responses import error_response
 from rtbus.websocket import handshake
 
 _logger = logging.getLogger(__name__)
-
-MISROUTE_LOG_INTERVAL = 60.0   # seconds between two log lines about misrouted websockets
-_misroutes = {"last_logged": 0.0, "since": 0}
 
 
 def _misrouted(app, request: Request) -> Response:
     port = app.config.gevent_port
     message = (f"Couldn't bind the websocket. Is the connection opened on the evented port ({port})? "
                f"This is an HTTP worker: route /websocket to the longpolling port.")
-    _misroutes["since"] += 1
-    now = time.monotonic()
-    if now - _misroutes["last_logged"] >= MISROUTE_LOG_INTERVAL:
-        _logger.warning("%s (%d such requests since the last warning; last from %s)",
-                        message, _misroutes["since"], request.remote_addr)
-        _misroutes["last_logged"] = now
-        _misroutes["since"] = 0
+    misroute.report("/websocket", message, request.remote_addr)
     return error_response(421, message)
 
 

@@ -1,0 +1,154 @@
+"""Odoo 19's JSON-RPC bus routes, served by HTTP workers and evented processes alike.
+
+- ``/websocket/peek_notifications`` ``{channels, last, is_first_poll}`` →
+  ``{"channels": [anchored channels], "notifications": [{"id", "message"}]}``.
+  The first poll marks the session as a bus session; a later poll of a session
+  without the mark (signed in or out meanwhile) is error 100 (session expired).
+- ``/websocket/on_closed`` → null; the signed-in user's presence goes offline.
+- ``/bus/has_missed_notifications`` ``{last_notification_id}`` → true when that
+  row is gone (garbage-collected): the page missed notifications.
+- ``/bus/get_autovacuum_info`` → ``{"lastcall", "nextcall"}`` of the bus GC job,
+  UTC ``"YYYY-MM-DD HH:MM:SS"`` strings, null when it never ran.
+- ``/websocket/update_bus_presence`` moved to the websocket in Odoo 19: 404 with
+  a body naming the ``update_presence`` event.
+
+The database is the first served one, or the ``db`` query parameter. A dead
+database or an exhausted pool answers 503 with Retry-After (rtbus.errors).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from werkzeug.wrappers import Request, Response
+
+from rtbus.bus.authorization import SubscribeContext, authorize
+from rtbus.bus.dispatch import BACKLOG_SECONDS
+from rtbus.errors import SessionExpired
+from rtbus.http.jsonrpc import InvalidParams, JsonRpcError, error_response, jsonrpc_route
+from rtbus.session import sid_from_cookie_header
+
+_logger = logging.getLogger(__name__)
+
+PEEK_MAX_NOTIFICATIONS = 10_000   # per call; the client continues from the last id it got
+
+# `last` 0, or above the highest id (a database restored or recreated), replays the
+# last BACKLOG_SECONDS; any other `last` reads what follows it. Both bounds are
+# computed once (init plans), so `id > ...` is an index condition on (channel, id).
+_PEEK_SQL = """
+WITH top AS MATERIALIZED (SELECT coalesce(max(id), 0) AS max_id FROM bus_bus)
+SELECT id, message FROM bus_bus
+ WHERE channel = ANY(%(channels)s)
+   AND id > (SELECT CASE WHEN %(last)s <= max_id THEN %(last)s ELSE 0 END FROM top)
+   AND create_date >= (
+       SELECT CASE WHEN %(last)s > 0 AND %(last)s <= max_id THEN '-infinity'::timestamp
+              ELSE (now() at time zone 'utc') - %(backlog)s * interval '1 second' END
+         FROM top)
+ ORDER BY id
+ LIMIT %(limit)s
+"""
+
+_AUTOVACUUM_SQL = ("SELECT to_char(lastcall, 'YYYY-MM-DD HH24:MI:SS'),"
+                   " to_char(nextcall, 'YYYY-MM-DD HH24:MI:SS')"
+                   " FROM rtbus_cron WHERE name = 'bus_gc'")
+
+
+def _dbname(app, request: Request) -> str:
+    return app.database(request.args.get("db"))
+
+
+def _id_param(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidParams(f"{name} must be a non-negative integer, got {value!r:.40}")
+    return value
+
+
+# -- peek ------------------------------------------------------------------------------------
+
+
+@jsonrpc_route
+def peek_notifications(app, request: Request, *, channels, last=0, is_first_poll=False):
+    if not isinstance(is_first_poll, bool):
+        raise InvalidParams("is_first_poll must be true or false")
+    last = _id_param(last, "last")
+    dbname = _dbname(app, request)
+    session = app.sessions.check_poll(dbname, sid_from_cookie_header(request.environ),
+                                      is_first_poll)
+    try:
+        subscription = authorize(session, channels, app.policy)
+    except ValueError as exc:
+        raise InvalidParams(str(exc)) from None
+    app.subscribe_hooks.run(session, subscription, SubscribeContext(
+        pool=app.pool, transport="peek", extra={"remote": request.remote_addr}))
+    return {"channels": subscription.anchored_channels(),
+            "notifications": _read_notifications(app, dbname, subscription.channels, last)}
+
+
+def _read_notifications(app, dbname: str, channels, last: int) -> list[dict]:
+    with app.pool.connection(dbname) as conn:
+        with conn.cursor() as cur:
+            cur.execute(_PEEK_SQL, {"channels": list(channels), "last": last,
+                                    "backlog": BACKLOG_SECONDS, "limit": PEEK_MAX_NOTIFICATIONS})
+            rows = cur.fetchall()
+        conn.rollback()
+    notifications = []
+    for row_id, message in rows:
+        try:
+            notifications.append({"id": row_id, "message": orjson.loads(message or "null")})
+        except orjson.JSONDecodeError:
+            _logger.warning("bus_bus row %d in database %s is not JSON: skipped", row_id, dbname)
+    return notifications
+
+
+# -- presence and housekeeping -----------------------------------------------------------------
+
+
+@jsonrpc_route
+def on_closed(app, request: Request):
+    dbname = _dbname(app, request)
+    try:
+        session = app.sessions.authenticate(dbname, sid_from_cookie_header(request.environ))
+    except SessionExpired:
+        return None      # signed out already: nobody to mark offline
+    if not session.is_public:
+        app.presence.set_offline(session)
+    return None
+
+
+@jsonrpc_route
+def has_missed_notifications(app, request: Request, *, last_notification_id):
+    notification_id = _id_param(last_notification_id, "last_notification_id")
+    with app.pool.connection(_dbname(app, request)) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT NOT EXISTS (SELECT 1 FROM bus_bus WHERE id = %s)",
+                        (notification_id,))
+            (missed,) = cur.fetchone()
+        conn.rollback()
+    return missed
+
+
+@jsonrpc_route
+def get_autovacuum_info(app, request: Request):
+    with app.pool.connection(_dbname(app, request)) as conn:
+        with conn.cursor() as cur:
+            cur.execute(_AUTOVACUUM_SQL)
+            row = cur.fetchone()
+        conn.rollback()
+    lastcall, nextcall = row if row is not None else (None, None)
+    return {"lastcall": lastcall, "nextcall": nextcall}
+
+
+# -- removed in Odoo 19 ------------------------------------------------------------------------
+
+
+class RouteMoved(JsonRpcError):
+    code, message, name, http_status = 404, "404: Not Found", "werkzeug.exceptions.NotFound", 404
+
+
+def update_bus_presence(app, request: Request) -> Response:
+    """Gone in Odoo 19 (any method): presence now travels on the websocket."""
+    return error_response(RouteMoved(
+        "/websocket/update_bus_presence was removed in Odoo 19: send the update_presence "
+        "event on the websocket instead, "
+        '{"event_name": "update_presence", "data": {"inactivity_period": <milliseconds>}}'))
