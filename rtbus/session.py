@@ -37,7 +37,11 @@ logger = logging.getLogger("rtbus.session")
 
 COOKIE_NAME = "session_id"          # Odoo's cookie
 DEFAULT_TTL = 7 * 86400             # Odoo's session lifetime
-DEFAULT_CACHE_SECONDS = 1.0
+DEFAULT_CACHE_SECONDS = 10.0
+# What the rtbus_session NOTIFY carries of a sid (migration 0004): enough to find
+# the cache entry, never the whole bearer credential.
+SID_PREFIX_LENGTH = 16
+NOTIFY_CHANNEL = "rtbus_session"
 
 # What a sid can look like: ours are 64 base64url characters; Odoo's and other
 # applications' fit too. Anything else is refused before reaching the database.
@@ -253,7 +257,7 @@ class SessionStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._cache: collections.OrderedDict[tuple[str, str], _Cached] = collections.OrderedDict()
-        self._counters = dict.fromkeys(("hits", "misses", "refused", "evictions"), 0)
+        self._counters = dict.fromkeys(("hits", "misses", "refused", "evictions", "invalidations"), 0)
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -370,6 +374,20 @@ class SessionStore:
                     del self._cache[key]
             else:
                 self._cache.clear()
+
+    def on_session_notify(self, dbname: str, payload: str) -> None:
+        """Callback for the ``rtbus_session`` NOTIFY channel (see migration 0004).
+
+        `payload` is a sid prefix, or ``"*"`` for every session of `dbname`.
+        Runs on the dispatcher thread: only touches the cache.
+        """
+        if payload == "*" or len(payload) < SID_PREFIX_LENGTH:
+            self.invalidate(dbname)
+            return
+        with self._lock:
+            for key in [k for k in self._cache if k[0] == dbname and k[1].startswith(payload)]:
+                del self._cache[key]
+        self._count("invalidations")
 
     def stats(self) -> dict:
         """Cache counters (hits, misses, refused, evictions) and its current size."""

@@ -25,9 +25,9 @@ def bus_db(module_db):
 @pytest.fixture(scope="module")
 def server(pg_cluster, bus_db, tmp_path_factory):
     env = clean_environ()
-    env.update(pgcluster.env_for(pg_cluster), RTBUS_DB_NAME=bus_db,
-               RTBUS_SESSION_CHECK_CACHE_SECONDS="0", RTBUS_DB_MAXCONN_GEVENT="2",
-               RTBUS_DB_POOL_TIMEOUT="0.3")
+    # The default session cache (10 s): revocations must still act at once,
+    # through NOTIFY rtbus_session.
+    env.update(pgcluster.env_for(pg_cluster), RTBUS_DB_NAME=bus_db)
     server = ServerProcess(["--workers=1", "--max-cron-threads=0", "--http-port=0", "--gevent-port=0"],
                            env, str(tmp_path_factory.mktemp("sessions") / "server.log"))
     server.start()
@@ -102,8 +102,12 @@ def test_revoked_session_is_closed_4001_on_its_next_message(server, db):
     ws = connect(server, sid)
     try:
         subscribe(ws, ["a"])
+        time.sleep(0.3)
         revoke_session(db, sid)
         db.commit()
+        # The server caches session checks (10 s by default); the revocation
+        # reaches it through NOTIFY rtbus_session, within milliseconds.
+        time.sleep(0.2)
         subscribe(ws, ["b"])
         assert close_code(ws) == 4001
     finally:
@@ -118,6 +122,7 @@ def test_revoked_session_gets_4001_instead_of_a_pending_notification(server, db,
         time.sleep(0.3)
         revoke_session(db, sid)
         db.commit()
+        time.sleep(0.2)     # NOTIFY rtbus_session propagation, as above
         publish(pg_cluster, bus_db, "private-c1", "must-not-arrive")
         ws.settimeout(5)
         opcode, frame = ws.recv_data_frame(control_frame=True)
@@ -138,10 +143,13 @@ def test_stale_cookie_is_accepted_then_closed_4001(server, db):
         ws.close()
 
 
-def test_exhausted_pool_closes_with_1013_not_1011(server, db, pg_cluster, bus_db):
+def test_exhausted_pool_closes_with_1013_not_1011(start_server, server_env, db, pg_cluster, bus_db):
     # Two session checks block on a lock and hold both connections of the
     # gevent pool (db_maxconn_gevent = 2); a third connection's check cannot
     # borrow one within db_pool_timeout.
+    server = start_server("--workers=1", "--max-cron-threads=0", env=dict(
+        server_env, RTBUS_DB_NAME=bus_db, RTBUS_SESSION_CHECK_CACHE_SECONDS="0",
+        RTBUS_DB_MAXCONN_GEVENT="2", RTBUS_DB_POOL_TIMEOUT="0.3"))
     sids = [new_session(db) for _ in range(3)]
     clients = [connect(server, sid) for sid in sids]
     locker = pg_cluster.connect(bus_db)

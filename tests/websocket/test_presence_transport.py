@@ -1,0 +1,144 @@
+"""Presence over real websockets: update_presence, last connection closed, missed presences."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import websocket
+
+import pgcluster
+from rtbus.session import create_session
+from serverproc import ServerProcess, clean_environ
+
+AWAY_MS = 31 * 60 * 1000      # past Odoo's 30 min AWAY_TIMER
+
+
+@pytest.fixture(scope="module")
+def server(pg_cluster, module_db, tmp_path_factory):
+    env = clean_environ()
+    env.update(pgcluster.env_for(pg_cluster), RTBUS_DB_NAME=module_db)
+    server = ServerProcess(["--workers=1", "--max-cron-threads=0", "--http-port=0", "--gevent-port=0"],
+                           env, str(tmp_path_factory.mktemp("presence") / "server.log"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def db(pg_cluster, module_db):
+    conn = pg_cluster.connect(module_db)
+    yield conn
+    conn.close()
+
+
+def user(db, uid: int) -> str:
+    sid = create_session(db, uid, uid * 10, [])
+    db.commit()
+    return sid
+
+
+def connect(server, sid):
+    return websocket.create_connection(f"ws://127.0.0.1:{server.longpolling_port}/websocket", timeout=5,
+                                       cookie=f"session_id={sid}")
+
+
+def send(ws, name, data):
+    ws.send(json.dumps({"event_name": name, "data": data}))
+
+
+def statuses(ws, partner_id: int, count: int, timeout: float = 5.0) -> list[str]:
+    """The im_status values announced for `partner_id`, until `count` arrived or timeout."""
+    found: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(found) < count and time.monotonic() < deadline:
+        ws.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            batch = json.loads(ws.recv())
+        except websocket.WebSocketTimeoutException:
+            break
+        for notification in batch:
+            message = notification["message"]
+            if message["type"] == "bus.bus/im_status_updated" and message["payload"]["partner_id"] == partner_id:
+                found.append(message["payload"]["im_status"])
+    return found
+
+
+def test_presence_changes_reach_subscribers(server, db):
+    watcher = connect(server, user(db, 1))
+    send(watcher, "subscribe", {"channels": ["odoo-presence-res.partner_20"], "last": 10**9})
+    time.sleep(0.3)
+    tab = connect(server, user(db, 2))
+    try:
+        send(tab, "subscribe", {"channels": [], "last": 10**9})
+        send(tab, "update_presence", {"inactivity_period": 0})
+        assert statuses(watcher, 20, 1) == ["online"]
+        send(tab, "update_presence", {"inactivity_period": AWAY_MS})
+        assert statuses(watcher, 20, 1) == ["away"]
+        send(tab, "update_presence", {"inactivity_period": 1000})
+        assert statuses(watcher, 20, 1) == ["online"]
+        tab.close()                                   # the user's last connection
+        assert statuses(watcher, 20, 1) == ["offline"]
+    finally:
+        tab.close()
+        watcher.close()
+
+
+def test_many_tabs_of_one_user_go_offline_only_with_the_last(server, db):
+    watcher = connect(server, user(db, 3))
+    send(watcher, "subscribe", {"channels": ["odoo-presence-res.partner_40"], "last": 10**9})
+    time.sleep(0.3)
+    sid = user(db, 4)
+    tabs = [connect(server, sid) for _ in range(3)]
+    try:
+        for tab in tabs:
+            send(tab, "update_presence", {"inactivity_period": 0})
+        assert statuses(watcher, 40, 1) == ["online"]
+        tabs[0].close()
+        tabs[1].close()
+        assert statuses(watcher, 40, 1, timeout=1.0) == []      # a tab is still open
+        tabs[2].close()
+        assert statuses(watcher, 40, 1) == ["offline"]
+    finally:
+        for tab in tabs:
+            tab.close()
+        watcher.close()
+
+
+def test_missed_presence_is_pushed_right_after_subscribing(server, db):
+    tab = connect(server, user(db, 5))
+    try:
+        send(tab, "update_presence", {"inactivity_period": 0})
+        time.sleep(0.3)
+        late = connect(server, user(db, 6))
+        try:
+            send(late, "subscribe", {"channels": ["odoo-presence-res.partner_50"], "last": 10**9})
+            assert statuses(late, 50, 1) == ["online"]
+        finally:
+            late.close()
+    finally:
+        tab.close()
+
+
+def test_bad_update_presence_is_ignored_and_public_sessions_write_nothing(server, db, pg_cluster, module_db):
+    anonymous = websocket.create_connection(f"ws://127.0.0.1:{server.longpolling_port}/websocket", timeout=5)
+    tab = connect(server, user(db, 7))
+    try:
+        send(anonymous, "update_presence", {"inactivity_period": 0})
+        send(tab, "update_presence", {"inactivity_period": "soon"})
+        send(tab, "update_presence", [])
+        send(tab, "subscribe", {"channels": ["odoo-presence-res.partner_70"], "last": 10**9})
+        time.sleep(0.5)
+        conn = pg_cluster.connect(module_db)
+        try:
+            with conn.cursor() as cr:
+                cr.execute("SELECT count(*) FROM rtbus_presence WHERE user_id IN (7) OR user_id IS NULL")
+                assert cr.fetchone()[0] == 0
+        finally:
+            conn.close()
+        tab.ping(b"still open")
+        assert tab.recv_data_frame(control_frame=True)[0] == websocket.ABNF.OPCODE_PONG
+    finally:
+        anonymous.close()
+        tab.close()
