@@ -23,8 +23,10 @@ install: $(STAMP)
 run: install
 	$(BIN)/rtbus-server --workers=2 $(ARGS)
 
-## Run the whole test suite (it starts its own throwaway PostgreSQL clusters).
+## Run the whole test suite (it starts its own throwaway PostgreSQL clusters, and its own
+## nginx, installed here with apt-get when missing and possible).
 test: install
+	sh scripts/ensure-nginx.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Regenerate the derived documentation and sample configuration.

@@ -5,7 +5,11 @@
 - ``serve`` (default): run the server, prefork (``--workers N``) or single process (``--workers 0``);
 - ``initdb``: create the served databases and upgrade their schema, then exit;
 - ``send CHANNEL TYPE [PAYLOAD]``: publish one notification (PAYLOAD is JSON, or a plain string);
-- ``budget``: print the deployment's database connection budget; exit 1 when it is over.
+- ``budget``: print the deployment's database connection budget; exit 1 when it is over;
+- ``session create UID PARTNER_ID [GROUP_ID,...]`` / ``session rotate SID`` /
+  ``session revoke SID`` / ``session revoke-user UID`` / ``session groups JSON``:
+  manage the sessions of the application's users (see rtbus/session.py);
+- ``status``: show every process of the running deployment (pid, kind, age, requests, memory).
 
 Errors in flags, values or the configuration file print one line and exit 2;
 a server that cannot start (port in use, database unreachable) prints one line
@@ -25,7 +29,7 @@ from rtbus.service import process
 _logger = logging.getLogger("rtbus.cli")
 
 PROG = "rtbus-server"
-COMMANDS = ("serve", "initdb", "send", "budget")
+COMMANDS = ("serve", "initdb", "send", "budget", "session", "status")
 
 
 def _fail(message: str, code: int) -> int:
@@ -46,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(config.log_level, config.logfile)
     except OSError as exc:
         return _fail(f"cannot open the log file {config.logfile}: {exc.strerror}", process.EXIT_CONFIG)
-    runner = {"serve": serve, "initdb": initdb, "send": send, "budget": budget}[invocation.command]
+    runner = {"serve": serve, "initdb": initdb, "send": send, "budget": budget,
+              "session": session, "status": status}[invocation.command]
     try:
         return runner(config, argv, invocation.args)
     except ConfigError as exc:
@@ -204,6 +209,91 @@ def budget(config, argv, args) -> int:
         database.close()
     print(result.format_table())
     return process.EXIT_OK if result.verdict == "ok" else process.EXIT_STARTUP
+
+
+SESSION_USAGE = ("usage: rtbus-server session create UID PARTNER_ID [GROUP_ID,...] | rotate SID | "
+                 "revoke SID | revoke-user UID | groups '{\"ID\": [\"NAME\", [IMPLIED_ID,...]]}'")
+
+
+def _positive(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{what} must be a positive integer, got {text!r}")
+    return value
+
+
+def _session_action(conn, config, action: str, rest: list[str]) -> str:
+    """Run one `session` sub-command on `conn`; return what to print. The caller commits."""
+    import orjson
+
+    from rtbus.session import (SessionNotFound, create_session, revoke_session, revoke_user_sessions,
+                               rotate_session, set_groups)
+
+    if action == "create" and len(rest) in (2, 3):
+        groups = [_positive(g, "GROUP_ID") for g in rest[2].split(",") if g] if len(rest) == 3 else []
+        return create_session(conn, _positive(rest[0], "UID"), _positive(rest[1], "PARTNER_ID"), groups,
+                              ttl=config.session_ttl)
+    if action == "rotate" and len(rest) == 1:
+        try:
+            return rotate_session(conn, rest[0])
+        except SessionNotFound as exc:
+            raise ConfigError(f"cannot rotate: {exc}") from None
+    if action == "revoke" and len(rest) == 1:
+        revoke_session(conn, rest[0])
+        return "revoked"
+    if action == "revoke-user" and len(rest) == 1:
+        return f"{revoke_user_sessions(conn, _positive(rest[0], 'UID'))} sessions revoked"
+    if action == "groups" and len(rest) == 1:
+        try:
+            spec = orjson.loads(rest[0])
+            groups = {_positive(gid, "group id"): (str(name), [_positive(str(i), "implied id") for i in implied])
+                      for gid, (name, implied) in spec.items()}
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            raise ConfigError("groups takes a JSON object {\"ID\": [\"NAME\", [IMPLIED_ID, ...]], ...}") from None
+        set_groups(conn, groups)
+        return f"{len(groups)} groups declared"
+    raise ConfigError(SESSION_USAGE)
+
+
+def session(config, argv, args) -> int:
+    """Create, rotate or revoke a session, or declare groups, in the first served database."""
+    import psycopg2
+
+    from rtbus.db.connect import connect_kwargs, served_databases
+    from rtbus.service.bootstrap import open_database
+
+    if not args:
+        raise ConfigError(SESSION_USAGE)
+    database = open_database(config)
+    conn = None
+    try:
+        dbname = served_databases(database.config)[0]
+        conn = psycopg2.connect(**connect_kwargs(database.config, dbname=dbname,
+                                                 application_name="rtbus:session"))
+        output = _session_action(conn, database.config, args[0], list(args[1:]))
+        conn.commit()
+    except psycopg2.Error as exc:
+        raise StartupError(f"session {args[0]}: {str(exc).strip()}") from None
+    finally:
+        if conn is not None:
+            conn.close()
+        database.close()
+    print(output)
+    return process.EXIT_OK
+
+
+def status(config, argv, args) -> int:
+    """Print every process of the running deployment; exit 1 when it is not running."""
+    from rtbus.service import runtime
+    from rtbus.service import status as status_table
+
+    _no_args("status", args)
+    snapshot = status_table.read(runtime.deployment_dir(config))
+    print(status_table.render(snapshot))
+    return process.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -356,6 +356,10 @@ SETTINGS: tuple[Setting, ...] = (
             "reverse proxy; enable it only behind one, as clients could otherwise forge them.")),
         Setting("pidfile", "path", None, flags=("--pidfile",), help=(
             "File the master process writes its process id to.")),
+        Setting("runtime_dir", "path", None, flags=("--runtime-dir",), help=(
+            "Directory of this deployment's status and metrics snapshots (one small JSON file "
+            "per process, read by /metrics and 'rtbus-server status'); unset uses "
+            "$XDG_RUNTIME_DIR/rtbus/<http_port>, else /tmp/rtbus-<uid>/<http_port>.")),
         Setting("graceful_timeout", "float", 30.0, check=TIMEOUT, flags=("--graceful-timeout",),
                 help=(
             "Seconds workers get, on a graceful stop or reload, to finish their requests and "
@@ -402,6 +406,17 @@ SETTINGS: tuple[Setting, ...] = (
             "size (db_maxconn_gevent).")),
         Setting("websocket_close_interval", "float", 0.1, check=TIMEOUT, cli=False, help=(
             "Seconds between two batches of websocket closures on a graceful stop.")),
+    ),
+    *_in_section(
+        "Long-polling",
+        Setting("longpolling_timeout", "float", 50.0, check=Range(0.1, 3600), cli=False, help=(
+            "Seconds a /longpolling/poll waits for notifications before answering an empty "
+            "list (Odoo's 50 s); keep it below the reverse proxy's read timeout.")),
+        Setting("longpolling_max_polls", "int", 5000, check=Range(1),
+                flags=("--longpolling-max-polls",), help=(
+            "Long-polls one evented process holds at once; more are answered 503 with "
+            "Retry-After. Keep it below gevent_max_connections so that websockets still "
+            "get in.")),
     ),
     *_in_section(
         "Limits",
@@ -474,6 +489,16 @@ SETTINGS: tuple[Setting, ...] = (
                 flags=("--db-pool-max-waiting",), help=(
             "Maximum number of requests waiting for a pooled connection at once; requests "
             "beyond it fail at once (0 means no bound).")),
+        Setting("db_statement_timeout", "float", 0.0, check=TIMEOUT,
+                flags=("--db-statement-timeout",), help=(
+            "Seconds a statement of rtbus's own pooled sessions may run before PostgreSQL "
+            "cancels it (statement_timeout); the request then fails with HTTP 503. 0 means "
+            "no limit. The dispatcher's reads use it too, when set.")),
+        Setting("db_lock_timeout", "float", 0.0, check=TIMEOUT, flags=("--db-lock-timeout",),
+                help=(
+            "Seconds a statement of rtbus's own sessions may wait for a lock (lock_timeout), "
+            "so that a publish blocked by a locked bus_bus fails fast with HTTP 503 instead of "
+            "holding a worker. 0 means no limit.")),
         Setting("embedded_db_dir", "path", None, flags=("--embedded-db-dir",), help=(
             "Directory of an embedded PostgreSQL cluster that rtbus creates and starts itself, "
             "for development and tests; unset uses the server given by db_host and db_port.")),
@@ -519,11 +544,12 @@ SETTINGS: tuple[Setting, ...] = (
                 help=(
             "Lifetime in seconds of a session created without an explicit one (through the "
             "JSON-RPC route or the CLI); rotating a session keeps its lifetime.")),
-        Setting("session_check_cache_seconds", "float", 1.0, check=Range(0, 60), cli=False,
+        Setting("session_check_cache_seconds", "float", 10.0, check=Range(0, 60), cli=False,
                 help=(
             "Seconds a process may reuse a session check instead of asking the database "
-            "again; a revoked or rotated session is refused at most this long after the "
-            "change (0 checks every message and every dispatch).")),
+            "again. Revocations and rotations reach every process at once through NOTIFY "
+            "rtbus_session; this bound only matters if that notification is lost "
+            "(0 checks every message and every dispatch).")),
         Setting("public_channels", "list", (), flags=("--public-channels",), help=(
             "Channel names a visitor without a session cookie may listen to, besides "
             "broadcast; matched exactly.")),

@@ -113,6 +113,7 @@ class _Database:
         self.subscribers: dict[str, set[_Subscriber]] = {}
         self.catchups: dict[_Subscriber, _CatchUp] = {}
         self.woken = False
+        self.notified_at: float | None = None   # first NOTIFY since the last cycle (monotonic)
         self.stale = False          # a NOTIFY was skipped: rows lie above the cursor
         self.last_fetch = 0.0
 
@@ -163,8 +164,11 @@ class ImDispatch:
                  backlog_seconds: float = BACKLOG_SECONDS,
                  idle_fetch_seconds: float = IDLE_FETCH_SECONDS,
                  backoff_first: float = BACKOFF_FIRST, backoff_max: float = BACKOFF_MAX,
-                 application_name: str = "rtbus-imdispatch"):
+                 application_name: str = "rtbus-imdispatch",
+                 statement_timeout_ms: int = STATEMENT_TIMEOUT_MS, lock_timeout_ms: int = 0):
         self._connect_kwargs = connect_kwargs
+        self.statement_timeout_ms = statement_timeout_ms
+        self.lock_timeout_ms = lock_timeout_ms
         self.imbus_db_name = imbus_db_name
         self.history_seconds = history_seconds
         self.backlog_seconds = backlog_seconds
@@ -189,6 +193,7 @@ class ImDispatch:
         self._outage_since: float | None = None
         self._outage_attempts = 0
         self._next_attempt = 0.0
+        self._listeners: dict[str, Callable[[str, str], None]] = {}
         self._counters = dict.fromkeys(
             ("wakeups", "notifies", "queries", "live_queries", "catchup_queries",
              "rows_fetched", "deliveries", "batches_encoded", "mailbox_puts", "overflows",
@@ -197,14 +202,34 @@ class ImDispatch:
     @classmethod
     def from_config(cls, config, databases: Iterable[str] | None = None, **kwargs) -> ImDispatch:
         """A dispatcher for the config's served databases (or `databases`)."""
-        from rtbus.db.connect import connect_kwargs, served_databases
+        from rtbus.db.connect import connect_kwargs, milliseconds, served_databases
 
         def kwargs_for(dbname: str) -> dict:
             return connect_kwargs(config, dbname=dbname, application_name="rtbus-imdispatch")
 
         if databases is None:
             databases = served_databases(config)
+        # The fetches are statements like any other: the operator's guard rails apply
+        # (the idle wait on a LISTEN socket is not a statement and never times out).
+        if getattr(config, "db_statement_timeout", 0.0):
+            kwargs.setdefault("statement_timeout_ms", milliseconds(config.db_statement_timeout))
+        if getattr(config, "db_lock_timeout", 0.0):
+            kwargs.setdefault("lock_timeout_ms", milliseconds(config.db_lock_timeout))
         return cls(kwargs_for, databases, imbus_db_name=config.imbus_db_name, **kwargs)
+
+    def listen(self, channel: str, callback: Callable[[str, str], None]) -> None:
+        """Also LISTEN on `channel` in every served database; call `callback(dbname, payload)`.
+
+        For small control messages that ride on the dispatcher's connections (session
+        invalidations). Call before start(). `callback` runs on the dispatcher thread
+        and must not block; after a LISTEN connection is (re)established it is called
+        with payload ``"*"``, since notifications sent meanwhile were missed.
+        """
+        if self._thread is not None:
+            raise RuntimeError("listen() must be called before start()")
+        if not channel.isidentifier() or channel == IMBUS:
+            raise ValueError(f"invalid extra NOTIFY channel {channel!r}")
+        self._listeners[channel] = callback
 
     # -- lifecycle (any thread) -----------------------------------------------------------
 
@@ -397,7 +422,15 @@ class ImDispatch:
             if notify.channel == IMBUS:
                 self._counters["notifies"] += 1
                 self._wake_databases(link, notify.payload)
+            elif notify.channel in self._listeners:
+                self._call_listener(notify.channel, link.dbname, notify.payload)
         return bool(notifies)
+
+    def _call_listener(self, channel: str, dbname: str, payload: str) -> None:
+        try:
+            self._listeners[channel](dbname, payload)
+        except Exception:
+            logger.exception("ImDispatch: the %r listener failed", channel)
 
     def _wake_databases(self, link: _Link, payload: str) -> None:
         """Mark for fetching the databases with a subscriber on an announced channel."""
@@ -411,17 +444,25 @@ class ImDispatch:
             names = self._dbs if link.dbname == self.imbus_db_name else [link.dbname]
             for name in names:
                 if name in self._dbs:
-                    self._dbs[name].woken = True
+                    self._notified(self._dbs[name])
             return
         for name, channel in announced:
             db = self._dbs.get(name) if isinstance(name, str) else None
             if db is None:
                 continue
             if channel in db.subscribers:
-                db.woken = True
+                self._notified(db)
             else:
                 # Nobody here listens to it: no query now, the cursor catches up later.
                 db.stale = True
+
+    @staticmethod
+    def _notified(db: _Database) -> None:
+        db.woken = True
+        if db.notified_at is None:
+            # PostgreSQL sends a NOTIFY at commit: this is when the rows became visible,
+            # the start of the delivery latency the transports measure.
+            db.notified_at = time.monotonic()
 
     # -- subscription requests --------------------------------------------------------------
 
@@ -496,7 +537,8 @@ class ImDispatch:
             return
         db.woken = db.stale = False
         db.last_fetch = time.monotonic()
-        self._deliver(db, live, caught)
+        notified_at, db.notified_at = db.notified_at, None
+        self._deliver(db, live, caught, notified_at if live else None)
 
     def _fetch_live(self, cur, db: _Database) -> list[_Row]:
         params = {"cursor": db.cursor, "gaps": list(db.gaps)}
@@ -578,8 +620,13 @@ class ImDispatch:
     # -- fan-out --------------------------------------------------------------------------------
 
     def _deliver(self, db: _Database, live: list[_Row],
-                 caught: dict[_Subscriber, tuple[_CatchUp, list[_Row]]]) -> None:
-        """Group rows by subscriber, encode each distinct batch once, fill mailboxes."""
+                 caught: dict[_Subscriber, tuple[_CatchUp, list[_Row]]],
+                 since: float | None = None) -> None:
+        """Group rows by subscriber, encode each distinct batch once, fill mailboxes.
+
+        `since` is when the NOTIFY that woke this cycle arrived; it travels with every
+        batch of the cycle for the delivery latency (None: a cycle no NOTIFY triggered).
+        """
         wants: dict[_Subscriber, list[_Row]] = {}
         for row in live:
             for sub in db.subscribers.get(row.channel, ()):
@@ -610,7 +657,7 @@ class ImDispatch:
                 batch = b"[" + b",".join(row.blob for row in rows) + b"]"
                 encoded = batches[signature] = (batch, ids)
                 counters["batches_encoded"] += 1
-            if sub.mailbox.put(*encoded):
+            if sub.mailbox.put(*encoded, since):
                 counters["mailbox_puts"] += 1
                 counters["deliveries"] += len(ids)
                 sub.position = max(sub.position, ids[-1])
@@ -668,9 +715,14 @@ class ImDispatch:
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute("SET statement_timeout = %s", (STATEMENT_TIMEOUT_MS,))
+                cur.execute("SET statement_timeout = %s", (self.statement_timeout_ms,))
+                if self.lock_timeout_ms:
+                    cur.execute("SET lock_timeout = %s", (self.lock_timeout_ms,))
                 cur.execute("LISTEN " + IMBUS)
                 db = self._dbs.get(link.dbname)
+                if db is not None:
+                    for channel in self._listeners:
+                        cur.execute("LISTEN " + channel)
                 if db is not None and db.cursor is None:
                     self._init_cursor(cur, db)
         except BaseException:
@@ -679,6 +731,9 @@ class ImDispatch:
             raise
         link.conn = conn
         self._counters["listen_connects"] += 1
+        if link.dbname in self._dbs:
+            for channel in self._listeners:
+                self._call_listener(channel, link.dbname, "*")
 
     def _init_cursor(self, cur, db: _Database) -> None:
         """Start at the current max id; recent missing ids may be open transactions."""

@@ -29,12 +29,19 @@ class Mailbox:
         self.overflowed = False
         self.closed = False
         self.last_id = 0              # highest notification id ever put
+        # The `since` of the batch get() returned last: when its notifications were
+        # announced (monotonic clock), for the delivery latency; None when unknown.
+        self.last_since: float | None = None
         self._batches: collections.deque[bytes] = collections.deque()
+        self._since: collections.deque[float | None] = collections.deque()
         self._bytes = 0
         self._cond = threading.Condition(threading.Lock())
 
-    def put(self, batch: bytes, ids: Sequence[int]) -> bool:
+    def put(self, batch: bytes, ids: Sequence[int], since: float | None = None) -> bool:
         """Queue one batch holding notifications `ids`; never blocks.
+
+        `since` (time.monotonic()) is when the batch's notifications were announced;
+        the consumer reads it back as `last_since` after get().
 
         Returns False (and queues nothing) when the mailbox is closed or overflowed,
         including by this very batch, in which case `on_overflow(self)` is called,
@@ -49,6 +56,7 @@ class Mailbox:
                 callback = self.on_overflow
             else:
                 self._batches.append(batch)
+                self._since.append(since)
                 self._bytes += len(batch)
                 if ids:
                     self.last_id = max(self.last_id, max(ids))
@@ -74,6 +82,7 @@ class Mailbox:
                     return None
                 self._cond.wait(remaining)
             batch = self._batches.popleft()
+            self.last_since = self._since.popleft()
             self._bytes -= len(batch)
             return batch
 

@@ -88,7 +88,7 @@ class Notifier:
         # Connections inherited over fork: kept referenced so that garbage collection
         # never closes them (which would terminate the parent's session).
         self._inherited: list = []
-        self.counters = {"notifies": 0, "connects": 0, "errors": 0}
+        self.counters = {"notifies": 0, "splits": 0, "connects": 0, "errors": 0}
 
     @classmethod
     def from_config(cls, config) -> Notifier:
@@ -113,6 +113,8 @@ class Notifier:
         else:
             self._notify_elsewhere(conn, payloads)
         self.counters["notifies"] += len(payloads)
+        if len(payloads) > 1:
+            self.counters["splits"] += 1
 
     def close(self) -> None:
         """Close the cached imbus connections (those this process opened)."""

@@ -122,4 +122,35 @@ def process_pool(config, *, name: str, maxconn: int):
     kwargs = connect_kwargs(config, dbname="", application_name=f"rtbus:{name}")
     del kwargs["dbname"]   # the pool serves every database, one connection at a time
     return ConnectionPool(name, maxconn, kwargs, timeout=config.db_pool_timeout,
-                          max_waiting=config.db_pool_max_waiting)
+                          max_waiting=config.db_pool_max_waiting,
+                          on_connect=guard_rails(config))
+
+
+def guard_rails(config):
+    """An on_connect hook setting db_statement_timeout and db_lock_timeout on a new session,
+    or None when both are off.
+
+    The settings are committed at once: a SET inside a transaction that the borrower
+    later rolls back would be undone with it.
+    """
+    timeouts = [(parameter, milliseconds(getattr(config, setting, 0.0)))
+                for parameter, setting in (("statement_timeout", "db_statement_timeout"),
+                                           ("lock_timeout", "db_lock_timeout"))]
+    timeouts = [(parameter, value) for parameter, value in timeouts if value]
+    if not timeouts:
+        return None
+
+    def apply(conn) -> None:
+        with conn.cursor() as cur:
+            for parameter, value in timeouts:
+                cur.execute(f"SET {parameter} = %s", (value,))
+        conn.commit()
+
+    return apply
+
+
+def milliseconds(seconds: float | None) -> int:
+    """PostgreSQL's integer milliseconds for a timeout in seconds; a positive value stays positive."""
+    if not seconds:
+        return 0
+    return max(1, round(float(seconds) * 1000))

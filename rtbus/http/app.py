@@ -15,7 +15,8 @@ from werkzeug.wrappers import Request, Response
 
 from rtbus import errors
 from rtbus.db.connect import served_databases
-from rtbus.http import health, publish, websocket_route
+from rtbus.http import health, metrics_route, proxy, publish, session_routes, websocket_route
+from rtbus.http import bus_routes, longpolling
 from rtbus.http.jsonrpc import InvalidParams
 from rtbus.http.responses import error_response, json_response
 
@@ -36,14 +37,28 @@ class Application:
         self.dispatcher = dispatcher
         self.databases = served_databases(config)
         self.hub = None   # the websocket hub, set by the evented processes
+        self.snapshots = None   # this process's metrics SnapshotWriter, set by the process
         self._publisher = None
         self._sessions = None
         self._policy = None
         self._presence = None
+        self._longpolls = None
+        self._subscribe_hooks = None
         self.url_map = Map([
             Rule("/", endpoint=index, methods=["GET", "HEAD"]),
             Rule("/websocket/health", endpoint=health.websocket_health, methods=["GET", "HEAD"]),
+            Rule("/metrics", endpoint=metrics_route.metrics, methods=["GET", "HEAD"]),
             Rule("/bus/publish", endpoint=publish.publish),
+            Rule("/bus/session/create", endpoint=session_routes.create),
+            Rule("/bus/session/rotate", endpoint=session_routes.rotate),
+            Rule("/bus/session/revoke", endpoint=session_routes.revoke),
+            Rule("/bus/groups", endpoint=session_routes.groups),
+            Rule("/longpolling/poll", endpoint=longpolling.poll),
+            Rule("/websocket/peek_notifications", endpoint=bus_routes.peek_notifications),
+            Rule("/websocket/on_closed", endpoint=bus_routes.on_closed),
+            Rule("/websocket/update_bus_presence", endpoint=bus_routes.update_bus_presence),
+            Rule("/bus/has_missed_notifications", endpoint=bus_routes.has_missed_notifications),
+            Rule("/bus/get_autovacuum_info", endpoint=bus_routes.get_autovacuum_info),
             # Upgrade requests match the first rule, anything else the second, so
             # that a plain GET gets the handshake's sentence, not a routing error.
             Rule("/websocket", endpoint=websocket_route.websocket, websocket=True),
@@ -67,11 +82,35 @@ class Application:
         return self._presence
 
     @property
+    def subscribe_hooks(self):
+        """The after-subscribe hooks of this process (presence pushes missed presences)."""
+        if self._subscribe_hooks is None:
+            from rtbus.bus.authorization import AfterSubscribeHooks
+            from rtbus.bus.presence import push_missed_presences
+            self._subscribe_hooks = AfterSubscribeHooks([push_missed_presences])
+        return self._subscribe_hooks
+
+    @property
+    def longpolls(self):
+        """The long-polls this process holds (evented processes only)."""
+        if self._longpolls is None:
+            if not self.serves_subscribers:
+                raise RuntimeError(f"a {self.role} process holds no long-polls")
+            from rtbus.bus.poll import LongPolls
+            self._longpolls = LongPolls.from_config(self.dispatcher, self.config)
+        return self._longpolls
+
+    @property
     def sessions(self):
         """This process's SessionStore (a small cache in front of rtbus_session)."""
         if self._sessions is None:
             from rtbus.session import SessionStore
-            self._sessions = SessionStore(self.pool, self.config)
+            config = self.config
+            if not self.serves_subscribers:
+                # No dispatcher here to hear the rtbus_session NOTIFYs: a cached
+                # check could outlive a revocation, so HTTP workers ask every time.
+                config = config.replace(session_check_cache_seconds=0)
+            self._sessions = SessionStore(self.pool, config)
         return self._sessions
 
     @property
@@ -101,6 +140,10 @@ class Application:
         return self.role in ("gevent", "single")
 
     def __call__(self, environ, start_response):
+        if self.config.proxy_mode:
+            # Here, before anything reads the environ: routes, the websocket layer and
+            # the access logs of both server kinds all see the real client.
+            proxy.apply_forwarded(environ)
         request = Request(environ)
         response = self.dispatch(request)
         return response(environ, start_response)

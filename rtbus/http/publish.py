@@ -28,9 +28,9 @@ def _presented_key(request) -> str | None:
     return request.headers.get("X-Rtbus-Api-Key") or None
 
 
-def check_api_key(config, request) -> None:
+def check_api_key(app, request) -> None:
     """Raise AccessDenied unless the request presents the configured API key."""
-    expected = config.bus_api_key
+    expected = app.config.bus_api_key
     if not expected:
         raise AccessDenied("publishing over HTTP is disabled: bus_api_key is not set")
     presented = _presented_key(request)
@@ -63,9 +63,8 @@ def _notifications(notifications, channel, notification_type, payload) -> list[t
     return result
 
 
-@jsonrpc_route
+@jsonrpc_route(authorize=check_api_key)
 def publish(app, request, *, channel=None, type=None, payload=None, notifications=None, db=None):
-    check_api_key(app.config, request)
     dbname = app.database(db)
     batch = _notifications(notifications, channel, type, payload)
     try:

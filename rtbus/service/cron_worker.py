@@ -48,6 +48,7 @@ class CronWorker:
         set_default_notifier(Notifier.from_config(config))
         pool = process_pool(config, name="cron", maxconn=pool_size(config, "cron"))
         runner = CronRunner(pool, served_databases(config), bus_jobs(config))
+        snapshots = self._snapshot_writer(pool)
         next_look = time.monotonic()
         try:
             while self.alive:
@@ -55,13 +56,25 @@ class CronWorker:
                     _logger.info("cron worker %d exits: the master process is gone", os.getpid())
                     break
                 self.heartbeat.beat()
+                if snapshots is not None:
+                    snapshots.maybe_write()
                 if time.monotonic() >= next_look:
                     next_look = time.monotonic() + runner.run_pending()
                     self.heartbeat.beat()
                 self._sleep(min(next_look - time.monotonic(), BEAT))
         finally:
+            if snapshots is not None:
+                snapshots.remove()
             pool.close_all()
         return process.EXIT_OK
+
+    def _snapshot_writer(self, pool):
+        from rtbus.metrics import collect
+        from rtbus.metrics.snapshots import SnapshotWriter
+
+        if not self.config.runtime_dir:
+            return None
+        return SnapshotWriter(self.config.runtime_dir, "cron", lambda: collect.worker_figures(pool))
 
     def _sleep(self, seconds: float) -> None:
         if seconds <= 0 or not self.alive:

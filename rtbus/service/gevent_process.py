@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 
 import gevent
@@ -34,6 +35,7 @@ from rtbus.service import process
 from rtbus.service.heartbeat import HeartbeatWriter
 
 _logger = logging.getLogger(__name__)
+_access_logger = logging.getLogger("rtbus.http.access")
 
 HEARTBEAT_INTERVAL = 1.0   # the master's watchdog counts from the last one
 WATCHDOG_INTERVAL = 2.0    # memory and parent checks
@@ -46,6 +48,24 @@ class _Handler(WSGIHandler):
     environ; once the 101 is written, the socket belongs to the websocket
     layer for the rest of its life, in this same greenlet.
     """
+
+    def get_environ(self):
+        environ = super().get_environ()
+        # The long-poll route watches it to notice a client that leaves while it waits.
+        environ["rtbus.socket"] = self.socket
+        return environ
+
+    def log_request(self):
+        # One line per request, like the HTTP workers' (a websocket's when it ends), with the
+        # client the application saw: with proxy_mode, the one the proxy forwarded for.
+        environ = self.environ or {}
+        client = environ.get("REMOTE_ADDR") or (
+            self.client_address[0] if isinstance(self.client_address, tuple) else self.client_address)
+        duration = (f"{self.time_finish - self.time_start:.3f}s"
+                    if self.time_finish and self.time_start else "-")
+        status = (self._orig_status or self.status or "000").split()[0]
+        _access_logger.info('%s "%s" %s %s %s', client or "-", self.requestline or "", status,
+                            self.response_length or "-", duration)
 
     def finalize_headers(self):
         if self.code == 101:
@@ -90,6 +110,7 @@ class EventedServer:
         self._stopping = gevent.event.Event()
         self._fast = False
         self._database = None
+        self._runtime_dir: str | None = None   # claimed by single mode, released at its stop
         self.dispatcher = None
         self.app = None
         self.hub = None
@@ -115,6 +136,7 @@ class EventedServer:
         return process.EXIT_OK
 
     def _bootstrap(self) -> None:
+        from rtbus.service import runtime
         from rtbus.service.bootstrap import open_database
         from rtbus.service.sockets import bind_listener
 
@@ -122,9 +144,14 @@ class EventedServer:
         self.config = self._database.config
         try:
             self.listener = bind_listener(self.config.http_interface, self.config.http_port, purpose="HTTP")
-        except StartupError:
+            self._runtime_dir = runtime.claim(self.config, self.listener.getsockname()[1])
+        except (StartupError, ConfigError):
+            if self.listener is not None:
+                self.listener.close()
             self._database.close()
             raise
+        self._runtime_default = not self.config.runtime_dir
+        self.config = self.config.replace(runtime_dir=self._runtime_dir)
 
     def _start(self) -> None:
         from rtbus.bus.dispatch import ImDispatch
@@ -137,12 +164,17 @@ class EventedServer:
         set_default_notifier(Notifier.from_config(config))
         self.pool = process_pool(config, name=self.mode, maxconn=pool_size(config, self.mode))
         self.dispatcher = ImDispatch.from_config(config)
+        self.app = Application(config, role=self.mode, pool=self.pool, dispatcher=self.dispatcher)
+        from rtbus.session import NOTIFY_CHANNEL
+        self.dispatcher.listen(NOTIFY_CHANNEL, self.app.sessions.on_session_notify)
         if not self.dispatcher.start(wait=10.0):
             _logger.warning("LISTEN imbus is not up yet; the dispatcher keeps retrying in the background")
-        self.app = Application(config, role=self.mode, pool=self.pool, dispatcher=self.dispatcher)
         self.hub = self._make_hub()
         self.app.hub = self.hub
+        # Held long-polls first: they answer at once, websockets close in batches.
+        self.stop_hooks.append(self.app.longpolls.close_all)
         self.stop_hooks.append(self.hub.close_all)
+        self.app.snapshots = self._snapshot_writer()
         self.server = WSGIServer(
             self.listener, self.app,
             handler_class=_Handler,
@@ -159,19 +191,26 @@ class EventedServer:
             _logger.info("rtbus single process %d serving every route on %s:%d", os.getpid(), host, port)
             gevent.spawn(self._cron_loop)
         gevent.spawn(self._watchdog_loop)
+        if self.app.snapshots is not None:
+            gevent.spawn(self._snapshot_loop)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.request_stop, signal.Signals(signum).name)
         gevent.signal_handler(signal.SIGQUIT, self._stop_now, "SIGQUIT")
 
+    def _snapshot_writer(self):
+        from rtbus.metrics import collect
+        from rtbus.metrics.snapshots import SnapshotWriter
+
+        if not self.config.runtime_dir:
+            return None
+        return SnapshotWriter(self.config.runtime_dir, self.mode, lambda: collect.evented_figures(self))
+
     def _make_hub(self):
-        from rtbus.bus.authorization import AfterSubscribeHooks
-        from rtbus.bus.presence import push_missed_presences
         from rtbus.websocket.hub import Hub, WebsocketSettings
 
-        hooks = AfterSubscribeHooks()
-        hooks.register(push_missed_presences)
         return Hub(WebsocketSettings.from_config(self.config), dispatcher=self.dispatcher,
-                   sessions=self.app.sessions, policy=self.app.policy, hooks=hooks, pool=self.pool,
+                   sessions=self.app.sessions, policy=self.app.policy,
+                   hooks=self.app.subscribe_hooks, pool=self.pool,
                    presence=self.app.presence)
 
     def request_stop(self, why: str) -> None:
@@ -205,6 +244,11 @@ class EventedServer:
             _logger.info("waiting up to %.0f s for %d connections", timeout, active)
         server.stop(timeout=timeout)
         self.dispatcher.stop(timeout=5.0)
+        if self.app.snapshots is not None:
+            self.app.snapshots.remove()
+        if self._runtime_dir is not None:
+            from rtbus.service import runtime
+            runtime.release(self._runtime_dir, remove_dir=self._runtime_default)
         self.app.close()
         if self.pool is not None:
             self.pool.close_all()
@@ -219,6 +263,12 @@ class EventedServer:
         while not self._stopping.is_set():
             self.heartbeat.beat()
             gevent.sleep(HEARTBEAT_INTERVAL)
+
+    def _snapshot_loop(self) -> None:
+        writer = self.app.snapshots
+        while not self._stopping.is_set():
+            writer.write()
+            self._stopping.wait(timeout=writer.interval)
 
     def _watchdog_loop(self) -> None:
         soft = self.config.effective("limit_memory_soft_gevent")
@@ -267,8 +317,6 @@ def _read_all(fd: int) -> bytes:
 
 def main(argv: list[str]) -> int:
     """Run the evented process; see the module docstring for the modes."""
-    import socket
-
     from rtbus.db.green import make_psycopg_green
 
     mode = argv[0] if argv else "gevent"

@@ -33,6 +33,13 @@ class CpuTimeExceeded(Exception):
 class _RequestHandler(WSGIRequestHandler):
     """werkzeug's handler with plain access-log lines and a socket timeout."""
 
+    def address_string(self) -> str:
+        # The client as the application saw it: with proxy_mode, the one nginx forwarded for.
+        environ = getattr(self, "environ", None)
+        if environ and environ.get("REMOTE_ADDR"):
+            return environ["REMOTE_ADDR"]
+        return super().address_string()
+
     def log_request(self, code="-", size="-"):
         _access_logger.info('%s "%s" %s %s', self.address_string(), self.requestline, code, size)
 
@@ -125,6 +132,7 @@ class HttpWorker:
         set_default_notifier(Notifier.from_config(config))
         pool = process_pool(config, name="http", maxconn=pool_size(config, "http"))
         app = Application(config, role="http", pool=pool)
+        app.snapshots = self._snapshot_writer(app, pool)
         self._reporting = _Reporting(app, self.heartbeat)
         server = _Server(self.listener, self._reporting, config.http_socket_timeout)
         _logger.debug("http worker %d ready", os.getpid())
@@ -135,12 +143,25 @@ class HttpWorker:
                     _logger.info("http worker %d exits: %s", os.getpid(), reason)
                     break
                 self.heartbeat.beat()
+                if app.snapshots is not None:
+                    app.snapshots.maybe_write()
                 self._serve_one(server)
         finally:
+            if app.snapshots is not None:
+                app.snapshots.remove()
             app.close()
             pool.close_all()
             server.socket.close()
         return process.EXIT_OK
+
+    def _snapshot_writer(self, app, pool):
+        from rtbus.metrics import collect
+        from rtbus.metrics.snapshots import SnapshotWriter
+
+        if not self.config.runtime_dir:
+            return None
+        return SnapshotWriter(self.config.runtime_dir, "http",
+                              lambda: collect.worker_figures(pool, app, self.requests))
 
     def _serve_one(self, server: _Server) -> None:
         """Wait up to BEAT for a connection and serve it."""

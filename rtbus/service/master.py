@@ -85,6 +85,9 @@ class Master:
         self._respawn_after: dict[str, float] = {}
         self.http_socket = None
         self.gevent_socket = None
+        self.runtime_dir: str | None = None
+        self._runtime_default = not config.runtime_dir
+        self._snapshots = None
 
     # -- start and stop --------------------------------------------------
     def bind(self) -> None:
@@ -106,6 +109,7 @@ class Master:
         if self.http_socket is None:
             self.bind()
         process.set_title("rtbus: master")
+        self._claim_runtime_dir()
         self._preload()
         self._install_signals()
         self._write_pidfile()
@@ -126,6 +130,7 @@ class Master:
                     self._kill_unresponsive()
                     self._retire_surplus()
                     self._spawn_missing()
+                self._write_snapshot()
                 self._sleep()
         finally:
             self._cleanup()
@@ -137,6 +142,35 @@ class Master:
         import rtbus.http.app  # noqa: F401
         import rtbus.db.pool  # noqa: F401
         import rtbus.service.cron  # noqa: F401
+
+    def _claim_runtime_dir(self) -> None:
+        """Settle the runtime directory once; the children get it in their configuration."""
+        from rtbus.metrics import collect
+        from rtbus.metrics.snapshots import SnapshotWriter
+        from rtbus.service import runtime
+
+        self.runtime_dir = runtime.claim(self.config, self.http_socket.getsockname()[1])
+        self.config = self.config.replace(runtime_dir=self.runtime_dir)
+        self._snapshots = SnapshotWriter(
+            self.runtime_dir, "master",
+            lambda: collect.merge(collect.process_figures(), collect.master_figures(self)),
+            extra=self._status_extra)
+
+    def _status_extra(self) -> dict:
+        """What ``rtbus-server status`` shows besides the figures."""
+        return {"children": self.status(), "generation": self.generation,
+                "http": describe(self.http_socket) if self.http_socket else None,
+                "longpolling": describe(self.gevent_socket) if self.gevent_socket else None,
+                "workers_wanted": self.population, "stopping": self._stop_deadline is not None}
+
+    def _write_snapshot(self) -> None:
+        from rtbus.metrics import snapshots
+
+        if self._snapshots is None or not self._snapshots.due():
+            return
+        # Children that are gone leave no snapshot (nor series) behind.
+        snapshots.prune(self.runtime_dir, keep={os.getpid(), *self.children})
+        self._snapshots.write()
 
     def _write_pidfile(self) -> None:
         if self.config.pidfile:
@@ -157,6 +191,9 @@ class Master:
                 os.unlink(self.config.pidfile)
             except FileNotFoundError:
                 pass
+        if self.runtime_dir is not None:
+            from rtbus.service import runtime
+            runtime.release(self.runtime_dir, remove_dir=self._runtime_default)
 
     # -- signals ---------------------------------------------------------
     def _install_signals(self) -> None:
@@ -218,6 +255,9 @@ class Master:
         except (ConfigError, StartupError) as exc:
             _logger.error("SIGHUP: configuration refused, keeping the running one: %s", exc)
             return
+        if self.runtime_dir is not None:
+            # Snapshots stay where the status command and the children look for them.
+            new = new.replace(runtime_dir=self.runtime_dir)
         if new.workers < 1:
             _logger.error("SIGHUP: workers = %d cannot be applied to a running master "
                           "(restart it instead); keeping the running configuration", new.workers)
@@ -342,10 +382,12 @@ class Master:
             child.stop_requested = time.monotonic()
             _signal(child.pid, signal.SIGTERM)
 
-    def _kill(self, child: Child, reason: str) -> None:
+    def _kill(self, child: Child, reason: str, counted_as: str | None = None) -> None:
+        """SIGKILL `child`; `counted_as` is its key in `restarts` (None: a stop, not a restart)."""
         if child.killed_because is None:
             child.killed_because = reason
-            self.restarts[reason.split(" ", 1)[0]] += 1
+            if counted_as is not None:
+                self.restarts[counted_as] += 1
             _signal(child.pid, signal.SIGKILL)
 
     def _kill_all(self, reason: str) -> None:
@@ -369,7 +411,7 @@ class Master:
                 if now - child.stop_requested > self.config.graceful_timeout:
                     _logger.warning("%s %d did not stop within graceful_timeout (%.0f s): killed",
                                     child.title, child.pid, self.config.graceful_timeout)
-                    self._kill(child, "graceful_timeout exceeded")
+                    self._kill(child, "graceful_timeout exceeded", "graceful_timeout")
                 continue
             limit = self._timeout(child.kind)
             state = child.heartbeat.state
@@ -377,14 +419,17 @@ class Master:
             if not limit or limit <= 0 or silent <= limit:
                 continue
             if child.kind == "http" and state.request:
+                key = "limit_time_real"
                 reason = (f"limit_time_real ({limit:g} s) exceeded: serving {state.request} "
                           f"for {now - (state.request_started or now):.1f} s")
             elif child.kind == "gevent":
+                key = "gevent_watchdog_timeout"
                 reason = f"gevent_watchdog_timeout ({limit:g} s) exceeded: event loop blocked for {silent:.1f} s"
             else:
+                key = "heartbeat_timeout"
                 reason = f"no heartbeat for {silent:.1f} s (limit {limit:g} s)"
             _logger.error("%s %d killed: %s", child.title, child.pid, reason)
-            self._kill(child, reason)
+            self._kill(child, reason, key)
 
     def _reap(self) -> None:
         while True:

@@ -274,6 +274,8 @@ class WebsocketConnection:
                     self.protocol.send_text(batch)
                     self._flush_locked()
                 self.hub.counters["batches_sent"] += 1
+                if self.mailbox.last_since is not None:
+                    self.hub.latency.observe(time.monotonic() - self.mailbox.last_since)
             except socket.timeout:
                 self._drop_slow_consumer(f"a send blocked for {self.hub.settings.send_timeout:.0f} s")
                 return

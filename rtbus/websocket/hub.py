@@ -17,6 +17,7 @@ import logging
 import gevent
 
 from rtbus import errors
+from rtbus.metrics.histogram import Histogram
 from rtbus.websocket import events
 from rtbus.websocket.frames import CloseCode
 
@@ -69,6 +70,8 @@ class Hub:
         self.connections: dict[int, object] = {}
         self.counters: collections.Counter = collections.Counter()
         self.closes: collections.Counter = collections.Counter()    # by close code
+        # NOTIFY received → batch sent, per batch sent (see rtbus.metrics.families).
+        self.latency = Histogram()
         self.stopping = False
 
     # -- connections -----------------------------------------------------

@@ -1,0 +1,88 @@
+"""Every metric rtbus exports, declared once: name, type, help, and its own label if any.
+
+Every sample also carries ``process`` (``<kind>-<pid>``) and ``kind``; the
+`label` of a family is the one extra dimension it has (pool name, close code,
+restart reason...). Snapshots hold, per family, a number (no label), a mapping
+label value → number, or a histogram snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str
+    type: str            # counter, gauge or histogram
+    help: str
+    label: str | None = None
+
+
+_FAMILIES = (
+    # -- every process ------------------------------------------------------------------
+    Family("rtbus_process_start_time_seconds", "gauge",
+           "Start time of the process since the Unix epoch."),
+    Family("rtbus_process_resident_memory_bytes", "gauge", "Resident memory of the process."),
+    Family("rtbus_process_virtual_memory_bytes", "gauge",
+           "Virtual memory of the process (what limit_memory_soft is compared with)."),
+    Family("rtbus_http_requests_total", "counter", "HTTP requests served by an HTTP worker."),
+    # -- connection pools ---------------------------------------------------------------
+    Family("rtbus_pool_connections_in_use", "gauge", "Pooled connections lent out.", "pool"),
+    Family("rtbus_pool_connections_idle", "gauge", "Pooled connections idle.", "pool"),
+    Family("rtbus_pool_connections_max", "gauge", "Size of the pool.", "pool"),
+    Family("rtbus_pool_waiting", "gauge", "Borrowers waiting for a pooled connection.", "pool"),
+    Family("rtbus_pool_waits_total", "counter",
+           "Borrows that had to wait because the pool was full.", "pool"),
+    Family("rtbus_pool_wait_seconds_total", "counter", "Time spent waiting for a pooled connection.",
+           "pool"),
+    Family("rtbus_pool_errors_total", "counter",
+           "PoolErrors: borrowers that got no connection in time (HTTP 503, close 1013).", "pool"),
+    Family("rtbus_pool_connects_total", "counter", "New PostgreSQL connections opened by the pool.",
+           "pool"),
+    # -- websockets and long-polls (evented processes) ------------------------------------
+    Family("rtbus_websockets_open", "gauge", "Open websocket connections."),
+    Family("rtbus_websockets_opened_total", "counter", "Websocket connections accepted."),
+    Family("rtbus_websocket_subscriptions_total", "counter", "Subscribe events served."),
+    Family("rtbus_websocket_closes_total", "counter", "Websocket closes initiated by rtbus, by close code.",
+           "code"),
+    Family("rtbus_websocket_batches_sent_total", "counter", "Notification batches sent on websockets."),
+    Family("rtbus_slow_consumers_dropped_total", "counter",
+           "Websockets dropped because the client did not read fast enough (close 1013)."),
+    Family("rtbus_rate_limit_closes_total", "counter",
+           "Websockets closed for sending frames faster than the rate limit (close 1013)."),
+    Family("rtbus_longpolls_open", "gauge", "Long-poll requests waiting for notifications."),
+    Family("rtbus_longpolls_total", "counter", "Long-polls answered, by how they ended.", "outcome"),
+    Family("rtbus_longpolls_refused_total", "counter",
+           "Long-polls refused because longpolling_max_polls were held or the server was stopping."),
+    Family("rtbus_delivery_latency_seconds", "histogram",
+           "Time from the NOTIFY that announced a notification (sent by PostgreSQL at commit) "
+           "to the end of its send to the client."),
+    # -- the dispatcher -----------------------------------------------------------------
+    Family("rtbus_dispatch_subscribers", "gauge", "Subscribers (websockets, long-polls) registered."),
+    Family("rtbus_dispatch_channels", "gauge", "Distinct channels with at least one subscriber."),
+    Family("rtbus_dispatch_notifies_total", "counter", "imbus NOTIFYs received."),
+    Family("rtbus_dispatch_queries_total", "counter", "bus_bus queries run by the dispatcher."),
+    Family("rtbus_dispatch_rows_fetched_total", "counter", "bus_bus rows read by the dispatcher."),
+    Family("rtbus_notifications_dispatched_total", "counter",
+           "Notifications put in subscribers' mailboxes (one per notification and subscriber)."),
+    Family("rtbus_dispatch_batches_encoded_total", "counter", "Distinct batches encoded."),
+    Family("rtbus_mailbox_overflows_total", "counter",
+           "Mailboxes that overflowed (their client is then dropped as a slow consumer)."),
+    Family("rtbus_listen_connections", "gauge", "LISTEN connections up."),
+    Family("rtbus_listen_outage", "gauge", "1 while a LISTEN connection is down and being retried."),
+    Family("rtbus_listen_reconnects_total", "counter", "LISTEN outages that ended with a reconnect."),
+    # -- publishing ---------------------------------------------------------------------
+    Family("rtbus_notify_payloads_total", "counter", "imbus NOTIFY payloads sent."),
+    Family("rtbus_notify_splits_total", "counter",
+           "Publishes whose NOTIFY payload was too large and was split."),
+    Family("rtbus_notify_errors_total", "counter", "NOTIFYs that failed."),
+    # -- the master ---------------------------------------------------------------------
+    Family("rtbus_children", "gauge", "Child processes of the master, by kind.", "child_kind"),
+    Family("rtbus_worker_restarts_total", "counter",
+           "Children the master replaced, by reason (limit_time_real, died, recycled, "
+           "boot_failure, gevent_watchdog_timeout...).", "reason"),
+    Family("rtbus_master_generation", "gauge", "Configuration generation (incremented by each HUP)."),
+)
+
+FAMILIES: dict[str, Family] = {family.name: family for family in _FAMILIES}

@@ -1,0 +1,34 @@
+"""A fixed-bucket histogram, cheap enough to observe on every send."""
+
+from __future__ import annotations
+
+import bisect
+
+# Seconds: from "same millisecond" to "a client was stuck for a while".
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    """Counts of observations per bucket (upper bounds, inclusive), their sum and count.
+
+    Not locked: observe from one thread (the gevent hub's greenlets share one).
+    """
+
+    def __init__(self, buckets=LATENCY_BUCKETS):
+        if list(buckets) != sorted(set(buckets)):
+            raise ValueError("histogram buckets must be increasing and distinct")
+        self.buckets = tuple(float(b) for b in buckets)
+        self.counts = [0] * (len(self.buckets) + 1)   # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        value = max(float(value), 0.0)
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def snapshot(self) -> dict:
+        """{"buckets": [...], "counts": [...non-cumulative, +Inf last], "sum", "count"}."""
+        return {"buckets": list(self.buckets), "counts": list(self.counts),
+                "sum": self.sum, "count": self.count}

@@ -1,0 +1,136 @@
+"""Helpers of the operations tests: the shared server's environment, and a real nginx
+running the loopback rendering of conf/nginx.conf."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+import pgcluster
+from serverproc import clean_environ, wait_until
+
+API_KEY = "ops-test-key"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NGINX_SAMPLE = os.path.join(REPO, "conf", "nginx.conf")
+NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+CLIENT_ADDRESS = "127.0.0.3"   # tests connect from here, so the proxy's own 127.0.0.1 differs
+
+
+def nginx_binary() -> str | None:
+    for candidate in NGINX_CANDIDATES:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ops_env(pg_cluster, dbname: str, **extra) -> dict[str, str]:
+    env = clean_environ()
+    env.update(pgcluster.env_for(pg_cluster), RTBUS_DB_NAME=dbname, RTBUS_PUBLIC_CHANNELS="room,lobby",
+               RTBUS_BUS_API_KEY=API_KEY, **extra)
+    return env
+
+
+# -- nginx ----------------------------------------------------------------------------------
+
+
+class Nginx:
+    """A real nginx running the loopback rendering of conf/nginx.conf."""
+
+    def __init__(self, binary: str, directory: str, http_port: int, longpolling_port: int):
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()          # stands for 443 (without TLS)
+        self.redirect_port = free_port()  # stands for 80
+        self.site = render_site(open(NGINX_SAMPLE).read(), http_port=http_port,
+                                longpolling_port=longpolling_port, port=self.port,
+                                redirect_port=self.redirect_port, logs=directory,
+                                monitoring=["127.0.0.1"])
+        self.conf = os.path.join(directory, "nginx.conf")
+        with open(os.path.join(directory, "rtbus-site.conf"), "w") as f:
+            f.write(self.site)
+        with open(self.conf, "w") as f:
+            f.write(main_conf(directory))
+        self.proc: subprocess.Popen | None = None
+
+    def test_config(self) -> subprocess.CompletedProcess:
+        return subprocess.run([self.binary, "-t", "-c", self.conf, "-p", self.directory],
+                              capture_output=True, text=True, timeout=30)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "-c", self.conf, "-p", self.directory],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def listening():
+            if self.proc.poll() is not None:
+                pytest.fail(f"nginx exited ({self.proc.returncode}): {self.proc.stderr.read().decode()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        wait_until(listening, 15, message="nginx listening")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()   # nginx's fast shutdown
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(5)
+
+    def access_log(self) -> str:
+        with open(os.path.join(self.directory, "rtbus.access.log"), errors="replace") as f:
+            return f.read()
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    """Replace `old`, which must occur exactly once: the sample and this rendering stay in step."""
+    count = text.count(old)
+    assert count == 1, f"conf/nginx.conf: expected {old!r} once, found it {count} times"
+    return text.replace(old, new)
+
+
+def render_site(sample: str, *, http_port: int, longpolling_port: int, port: int, redirect_port: int,
+                logs: str, monitoring: list[str]) -> str:
+    """The loopback variant of the sample: ports, no TLS, logs in `logs`, the given monitoring hosts."""
+    site = _replace_once(sample, "server 127.0.0.1:8069;", f"server 127.0.0.1:{http_port};")
+    site = _replace_once(site, "server 127.0.0.1:8072;", f"server 127.0.0.1:{longpolling_port};")
+    site = _replace_once(site, "    listen 80;\n    listen [::]:80;\n", f"    listen 127.0.0.1:{redirect_port};\n")
+    site = _replace_once(site, "    listen 443 ssl;\n    listen [::]:443 ssl;\n", f"    listen 127.0.0.1:{port};\n")
+    site = re.sub(r"\n    ssl_[a-z_]+ [^;]+;", "", site)
+    site = _replace_once(site, "/var/log/nginx/rtbus.access.log", os.path.join(logs, "rtbus.access.log"))
+    site = _replace_once(site, "/var/log/nginx/rtbus.error.log", os.path.join(logs, "rtbus.error.log"))
+    site = _replace_once(site, "        allow 192.0.2.10;\n",
+                         "".join(f"        allow {address};\n" for address in monitoring))
+    assert "ssl" not in site.replace("ssi off", ""), "TLS directives left in the loopback rendering"
+    return site
+
+
+def main_conf(directory: str) -> str:
+    """A minimal nginx.conf in `directory` (pid, temp paths, logs) including the site."""
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    temp = "\n".join(f"    {kind}_temp_path {os.path.join(directory, kind)};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (f"{user}daemon off;\nworker_processes 1;\npid {os.path.join(directory, 'nginx.pid')};\n"
+            f"error_log {os.path.join(directory, 'error.log')} info;\n"
+            "events { worker_connections 256; }\n"
+            "http {\n"
+            f"    access_log {os.path.join(directory, 'access.log')};\n"
+            f"{temp}\n"
+            f"    include {os.path.join(directory, 'rtbus-site.conf')};\n"
+            "}\n")

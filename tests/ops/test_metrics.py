@@ -1,0 +1,182 @@
+"""/metrics: the Prometheus text format, per-process snapshots, and the figures the issue lists."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+import websocket
+
+from rtbus.bus.publish import Notifier
+from rtbus.metrics import exposition, snapshots
+from rtbus.metrics.histogram import Histogram
+from serverproc import http_get, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+_SAMPLE = re.compile(r'^([a-z_]+)\{([^}]*)\} (\S+)$')
+
+
+def parse(text: str) -> list[tuple[str, dict, float]]:
+    """(name, labels, value) of every sample; fails on a line that is not valid 0.0.4 text."""
+    samples = []
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            continue
+        match = _SAMPLE.match(line)
+        assert match, f"not a Prometheus sample line: {line!r}"
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2)))
+        samples.append((match.group(1), labels, float(match.group(3))))
+    return samples
+
+
+def values(samples, name: str, **labels) -> list[float]:
+    return [value for sample, found, value in samples
+            if sample == name and all(found.get(k) == v for k, v in labels.items())]
+
+
+def scrape(port: int) -> list:
+    status, headers, body = http_get(port, "/metrics")
+    assert status == 200
+    assert headers["Content-Type"] == exposition.CONTENT_TYPE
+    return parse(body.decode())
+
+
+# -- units ----------------------------------------------------------------------------------
+
+
+def test_histogram_buckets_are_cumulative_in_the_text_format():
+    histogram = Histogram((0.01, 0.1, 1.0))
+    for value in (0.005, 0.05, 0.05, 5.0):
+        histogram.observe(value)
+    text = exposition.render([{"kind": "gevent", "pid": 7, "started": 1.0,
+                               "metrics": {"rtbus_delivery_latency_seconds": histogram.snapshot()}}])
+    samples = parse(text)
+    buckets = {labels["le"]: value for name, labels, value in samples
+               if name == "rtbus_delivery_latency_seconds_bucket"}
+    assert buckets == {"0.01": 1, "0.1": 3, "1": 3, "+Inf": 4}
+    assert values(samples, "rtbus_delivery_latency_seconds_count") == [4]
+    assert values(samples, "rtbus_delivery_latency_seconds_sum") == [pytest.approx(5.105)]
+    assert "# TYPE rtbus_delivery_latency_seconds histogram" in text
+
+
+def test_labels_are_escaped_and_every_process_is_labelled():
+    text = exposition.render([
+        {"kind": "master", "pid": 1, "started": 2.0,
+         "metrics": {"rtbus_worker_restarts_total": {'odd "reason"\\\n': 2}}},
+        {"kind": "http", "pid": 2, "started": 3.0, "metrics": {"rtbus_http_requests_total": 5}},
+    ])
+    assert 'reason="odd \\"reason\\"\\\\\\n"} 2' in text
+    assert 'rtbus_http_requests_total{process="http-2",kind="http"} 5' in text
+    assert text.count("# TYPE rtbus_process_start_time_seconds gauge") == 1
+
+
+def test_snapshots_of_dead_processes_are_skipped_and_pruned(tmp_path):
+    writer = snapshots.SnapshotWriter(str(tmp_path), "http", lambda: {"rtbus_http_requests_total": 3})
+    assert writer.write()
+    dead = tmp_path / "http-999999999.json"
+    dead.write_text(json.dumps({"kind": "http", "pid": 999999999, "metrics": {}}))
+    (tmp_path / "garbage.json").write_text("{")
+    found = snapshots.read_all(str(tmp_path))
+    assert [s["pid"] for s in found] == [os.getpid()]
+    removed = snapshots.prune(str(tmp_path), keep={os.getpid()})
+    assert "http-999999999.json" in removed and not dead.exists()
+    assert os.path.exists(writer.path)
+
+
+def test_notify_splits_are_counted(pg_cluster, schema_db):
+    notifier = Notifier(max_payload_length=64)
+    conn = pg_cluster.connect(schema_db)
+    try:
+        notifier.notify(conn, [json.dumps([schema_db, "res.partner", n]) for n in range(10)])
+    finally:
+        notifier.close()
+        conn.close()
+    assert notifier.counters["splits"] == 1
+    assert notifier.counters["notifies"] > 1
+
+
+# -- a running deployment -------------------------------------------------------------------
+
+
+def test_every_process_kind_is_scraped_from_either_port(ops_server):
+    children = ops_server.children()
+    for port in (ops_server.http_port, ops_server.longpolling_port):
+        samples = wait_until(lambda: _all_kinds(scrape(port)), 15, message="snapshots of every process")
+        processes = set(labels["process"] for _name, labels, _value in samples)
+        assert f"master-{ops_server.pid}" in processes
+        for pid in children:
+            assert any(p.endswith(f"-{pid}") for p in processes), (pid, processes)
+        assert values(samples, "rtbus_children", child_kind="http") == [2]
+        assert values(samples, "rtbus_children", child_kind="gevent") == [1]
+        assert values(samples, "rtbus_pool_connections_max", kind="gevent", pool="gevent")
+        assert values(samples, "rtbus_pool_errors_total", kind="http")
+        assert values(samples, "rtbus_listen_connections", kind="gevent") == [2]
+        assert values(samples, "rtbus_listen_outage", kind="gevent") == [0]
+
+
+def _all_kinds(samples):
+    kinds = set(labels.get("kind") for _name, labels, _value in samples)
+    return samples if {"master", "http", "gevent", "cron"} <= kinds else None
+
+
+def test_websocket_figures(ops_server, ops_publish):
+    port = ops_server.longpolling_port
+    ws = websocket.create_connection(f"ws://127.0.0.1:{port}/websocket", timeout=5)
+    try:
+        ws.send(json.dumps({"event_name": "subscribe", "data": {"channels": ["room"], "last": 0}}))
+        deadline = time.monotonic() + 20
+        received = False
+        while not received and time.monotonic() < deadline:
+            (wanted,) = ops_publish("room", "metrics.test", None)
+            ws.settimeout(1.0)
+            try:
+                received = any(n["id"] == wanted for n in json.loads(ws.recv()))
+            except websocket.WebSocketTimeoutException:
+                pass
+        assert received
+        # Subscribed now: this one comes live, woken by its NOTIFY (a catch-up has no latency).
+        (wanted,) = ops_publish("room", "metrics.live", None)
+        ws.settimeout(5.0)
+        assert any(n["id"] == wanted for n in json.loads(ws.recv()))
+        samples = scrape(port)   # the answering process refreshes its own snapshot first
+        assert values(samples, "rtbus_websockets_open") >= [1]
+        assert values(samples, "rtbus_dispatch_subscribers")[0] >= 1
+        assert values(samples, "rtbus_notifications_dispatched_total")[0] >= 1
+        assert values(samples, "rtbus_delivery_latency_seconds_count")[0] >= 1
+        assert values(samples, "rtbus_websocket_subscriptions_total")[0] >= 1
+    finally:
+        ws.close()
+    # Rate limit: a burst of frames closes with 1013, counted by code and as a rate-limit close.
+    ws = websocket.create_connection(f"ws://127.0.0.1:{port}/websocket", timeout=5)
+    try:
+        for _ in range(40):
+            try:
+                ws.send("\x00")
+            except (websocket.WebSocketException, OSError):
+                break
+    finally:
+        ws.close()
+    samples = wait_until(lambda: (lambda s: s if values(s, "rtbus_rate_limit_closes_total")[0] >= 1 else None)(
+        scrape(port)), 10, message="a rate-limit close in the metrics")
+    assert values(samples, "rtbus_websocket_closes_total", code="1013")[0] >= 1
+
+
+def test_restarts_by_reason_and_no_ghost_series(ops_server):
+    victim = ops_server.children_titled("rtbus: http worker")[0]
+    os.kill(victim, signal.SIGKILL)
+
+    def restarted():
+        samples = scrape(ops_server.longpolling_port)
+        died = values(samples, "rtbus_worker_restarts_total", reason="died")
+        ghosts = [labels for _n, labels, _v in samples if labels.get("process") == f"http-{victim}"]
+        return samples if died and died[0] >= 1 and not ghosts else None
+
+    samples = wait_until(restarted, 20, message="the restart counted and the dead worker's series gone")
+    wait_until(lambda: len(ops_server.children_titled("rtbus: http worker")) == 2, 20,
+               message="the HTTP worker respawned")
+    assert values(samples, "rtbus_master_generation") == [0]

@@ -1,0 +1,171 @@
+"""conf/nginx.conf for real: a loopback rendering of the sample in front of a prefork rtbus.
+
+Clients connect from 127.0.0.3 while nginx reaches rtbus from 127.0.0.1, so the logs
+can tell the real client from the proxy (rtbus runs with proxy_mode).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+
+import pytest
+import websocket
+
+from ops_helpers import API_KEY, CLIENT_ADDRESS
+from serverproc import wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def request(port: int, method: str, path: str, body=None, headers=None, source=CLIENT_ADDRESS,
+            timeout: float = 10.0):
+    """One request to nginx from `source`; returns (status, headers, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        all_headers = {"Content-Type": "application/json"} if data is not None else {}
+        all_headers.update(headers or {})
+        conn.request(method, path, body=data, headers=all_headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def rpc(port: int, path: str, params: dict, headers=None, timeout: float = 10.0):
+    status, _headers, body = request(port, "POST", path, {"jsonrpc": "2.0", "method": "call", "id": 1,
+                                                        "params": params}, headers, timeout=timeout)
+    return status, json.loads(body)
+
+
+def publish_over_http(port: int, channel, notification_type, payload) -> int:
+    status, answer = rpc(port, "/bus/publish", {"channel": channel, "type": notification_type,
+                                                "payload": payload},
+                         headers={"Authorization": f"Bearer {API_KEY}"})
+    assert status == 200, answer
+    (notification_id,) = answer["result"]["ids"]
+    return notification_id
+
+
+def ws_connect(port: int) -> websocket.WebSocket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(CLIENT_ADDRESS, 0))
+    return websocket.create_connection(f"ws://127.0.0.1:{port}/websocket", timeout=5, socket=sock)
+
+
+def receive_id(ws, wanted: int, timeout: float = 10.0) -> dict | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ws.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            batch = json.loads(ws.recv())
+        except websocket.WebSocketTimeoutException:
+            return None
+        for notification in batch:
+            if notification["id"] == wanted:
+                return notification
+    return None
+
+
+def test_the_rendered_sample_passes_nginx_t(nginx):
+    checked = nginx.test_config()
+    assert checked.returncode == 0, checked.stderr
+    assert "proxy_http_version 1.1" in nginx.site
+
+
+def test_health_through_nginx_reaches_the_gevent_process(nginx, ops_server):
+    status, headers, body = request(nginx.port, "GET", "/websocket/health")
+    assert status == 200 and json.loads(body) == {"status": "pass"}
+    assert headers.get("Cache-Control") == "no-store"
+    assert "Set-Cookie" not in headers
+    # The /websocket location sent it to the longpolling port: the gevent process logged it.
+    gevent_pid = ops_server.children_titled("rtbus: gevent")[0]
+    wait_until(lambda: any(f" {gevent_pid} " in line and "GET /websocket/health" in line
+                           for line in ops_server.log().splitlines()),
+               10, message="the gevent process's access line for the probe")
+
+
+def test_websocket_subscribe_publish_receive_through_nginx(nginx):
+    ws = ws_connect(nginx.port)
+    try:
+        ws.send(json.dumps({"event_name": "subscribe", "data": {"channels": ["room"], "last": 0}}))
+        # The subscription is asynchronous: publish until one arrives (each has its own id).
+        got = None
+        for attempt in range(20):
+            notification_id = publish_over_http(nginx.port, "room", "nginx.test", {"n": attempt})
+            got = receive_id(ws, notification_id, timeout=1.0)
+            if got is not None:
+                break
+        assert got is not None, "no notification came back through nginx"
+        assert got["message"] == {"type": "nginx.test", "payload": {"n": attempt}}
+    finally:
+        ws.close()
+
+
+def test_jsonrpc_errors_come_back_through_nginx(nginx):
+    status, answer = rpc(nginx.port, "/bus/publish", {"channel": "room", "type": "x", "payload": 1},
+                         headers={"Authorization": "Bearer wrong"})
+    assert status == 403
+    assert answer["error"]["data"]["name"] == "odoo.exceptions.AccessDenied"
+
+
+def test_longpolling_through_nginx(nginx, ops_publish):
+    (before,) = ops_publish("lobby", "nginx.before", None)
+    answers = {}
+
+    def poll():
+        answers["poll"] = rpc(nginx.port, "/longpolling/poll", {"channels": ["lobby"], "last": before},
+                              timeout=60)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    # Publish until the held poll answers: it may not be subscribed yet at the first one.
+    ids = []
+    deadline = time.monotonic() + 30
+    while poller.is_alive() and time.monotonic() < deadline:
+        ids.extend(ops_publish("lobby", "nginx.poll", {"k": len(ids)}))
+        poller.join(0.5)
+    assert not poller.is_alive(), "the long-poll did not answer through nginx"
+    status, answer = answers["poll"]
+    assert status == 200, answer
+    result = answer["result"]
+    assert result and all(n["id"] in ids for n in result)
+    assert result[0]["message"]["type"] == "nginx.poll"
+
+
+def test_index_page_through_nginx(nginx):
+    status, headers, body = request(nginx.port, "GET", "/")
+    assert status == 200
+    assert json.loads(body)["server"] == "rtbus"
+    assert "Strict-Transport-Security" in headers
+
+
+def test_plain_http_redirects_to_https(nginx):
+    status, headers, _body = request(nginx.redirect_port, "GET", "/websocket/health",
+                                     headers={"Host": "bus.example.com"})
+    assert status == 301
+    assert headers["Location"] == "https://bus.example.com/websocket/health"
+
+
+def test_metrics_only_for_the_monitoring_host(nginx):
+    status, headers, body = request(nginx.port, "GET", "/metrics", source="127.0.0.1")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert b"rtbus_children{" in body
+    status, _headers, _body = request(nginx.port, "GET", "/metrics", source=CLIENT_ADDRESS)
+    assert status == 403
+
+
+def test_logs_show_the_real_client_behind_nginx(nginx, ops_server):
+    request(nginx.port, "GET", "/?from=client-address-check")
+    line = wait_until(lambda: [l for l in ops_server.log().splitlines() if "from=client-address-check" in l],
+                      10, message="the HTTP worker's access line")[0]
+    assert f"rtbus.http.access: {CLIENT_ADDRESS} " in line
+    ws = ws_connect(nginx.port)
+    ws.close()
+    wait_until(lambda: any(f"rtbus.http.access: {CLIENT_ADDRESS} \"GET /websocket HTTP/1.1\" 101" in l
+                           for l in ops_server.log().splitlines()),
+               10, message="the gevent process's access line for the websocket")
