@@ -395,14 +395,22 @@ class ImDispatch:
         return max(timeout, 0.0)
 
     def _wait(self, timeout: float) -> set[int]:
+        """The descriptors with something to read, waiting up to `timeout` for one."""
+        up = [link for link in self._links.values() if link.up]
+        # libpq reads NOTIFYs that arrive while a query runs on the same connection
+        # into conn.notifies: the socket is then drained and would not wake us,
+        # leaving them unprocessed until the next NOTIFY or the idle fetch.
+        pending = {link.conn.fileno() for link in up if link.conn.notifies}
+        if pending:
+            timeout = 0.0
         # A selector, not select.select(): a process with thousands of sockets hands
         # out descriptors above FD_SETSIZE.
-        fds = [self._wake_r] + [link.conn.fileno() for link in self._links.values() if link.up]
+        fds = [self._wake_r] + [link.conn.fileno() for link in up]
         try:
             with selectors.DefaultSelector() as selector:
                 for fd in fds:
                     selector.register(fd, selectors.EVENT_READ)
-                return {key.fd for key, _ in selector.select(timeout)}
+                return {key.fd for key, _ in selector.select(timeout)} | pending
         except (OSError, ValueError):
             # A connection closed under us: its next use reports the error properly.
             return set(fds)

@@ -8,6 +8,7 @@ import threading
 import time
 
 import orjson
+import psycopg2.extensions
 import pytest
 
 from rtbus.bus.channels import InvalidChannel, encode
@@ -249,6 +250,27 @@ def test_idle_fetch_delivers_a_row_whose_notify_was_lost(bus_db, connections, ma
                     (encode(bus_db, "broadcast"), '{"type":"t","payload":"no notify"}'))
     app.commit()
     assert inbox.wait(1, timeout=3) and inbox.payloads == ["no notify"]
+
+
+def test_notify_buffered_by_libpq_during_a_query_is_not_left_waiting(bus_db, connections,
+                                                                    make_dispatch):
+    # A NOTIFY that arrives while the dispatcher's own fetch runs on the same
+    # connection is read by libpq into conn.notifies: the socket is drained, so
+    # select() alone would sleep until the idle fetch (here 60 s). Recreate that
+    # state: a committed row, its NOTIFY already buffered, the socket silent.
+    dispatch = make_dispatch([bus_db], idle_fetch_seconds=60)
+    inbox = Inbox()
+    dispatch.subscribe("s", bus_db, [encode(bus_db, "broadcast")], 0, inbox.mailbox)
+    sync(dispatch)
+    app = connections(bus_db)
+    with app.cursor() as cur:
+        cur.execute("INSERT INTO bus_bus (channel, message) VALUES (%s, %s)",
+                    (encode(bus_db, "broadcast"), '{"type":"t","payload":"buffered"}'))
+    app.commit()
+    link_conn = dispatch._links[bus_db].conn
+    link_conn.notifies.append(psycopg2.extensions.Notify(0, "imbus", f'[["{bus_db}","broadcast"]]'))
+    dispatch.unsubscribe("nobody")      # wakes the loop without starting a fetch cycle
+    assert inbox.wait(1, timeout=3) and inbox.payloads == ["buffered"]
 
 
 # -- subscribe and `last` --------------------------------------------------------------------------
