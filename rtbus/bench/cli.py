@@ -1,0 +1,116 @@
+"""``rtbus-bench``: the console script.
+
+Exit status: 0 when every stage ran and nothing was lost or duplicated and every
+client connected; 1 when the drill found a problem (or could not start: the
+publisher or the server probe failed); 2 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rtbus.bench.options import EXIT_USAGE, parse_or_exit
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+FD_RESERVE = 64     # descriptors kept for the publisher, probes, logs
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_or_exit(argv)
+    # Imported after parsing so that `--help` and usage errors stay instant.
+    from rtbus.bench import probe as probes
+    from rtbus.db.green import make_psycopg_green
+
+    make_psycopg_green()
+    limit = probes.raise_nofile_limit()
+    needed = options.websockets + options.longpolls + FD_RESERVE
+    if needed > limit:
+        return _fail(f"{needed} open files needed but the limit is {limit}; raise `ulimit -n`",
+                     EXIT_USAGE)
+    try:
+        server = probes.ServerProbe(options.server_pid) if options.server_pid else None
+    except OSError as exc:
+        return _fail(f"--server-pid {options.server_pid}: {exc}", EXIT_USAGE)
+    try:
+        publishing = _publishing(options)
+    except Exception as exc:   # psycopg2 or socket errors: say which path and why
+        return _fail(f"cannot publish through {options.publish}: {str(exc).strip()}", EXIT_FAILED)
+    try:
+        base = publishing.one(channel=options.marker_channel)
+        if base is None:
+            return _fail(f"the first publish through {options.publish} failed: "
+                         f"{dict(publishing.meter.errors)}", EXIT_FAILED)
+        report = _run(options, publishing, base, server)
+    finally:
+        publishing.close()
+    from rtbus.bench.report import write
+    write(report, options.json)
+    return EXIT_OK if report["verdict"]["ok"] else EXIT_FAILED
+
+
+def _publishing(options):
+    from rtbus.bench.accounting import PublishLog
+    from rtbus.bench.publishers import Publishing, make_publisher
+
+    publisher = make_publisher(options.publish, dsn=options.dsn, imbus_db=options.imbus_db,
+                               target=options.publish_target, api_key=options.api_key,
+                               db=options.db)
+    return Publishing(publisher, options.channel_names, PublishLog(options.channels),
+                      "x" * options.payload_bytes)
+
+
+def _run(options, publishing, base: int, server) -> dict:
+    import gevent
+
+    from rtbus.bench import probe as probes
+    from rtbus.bench import report as reports
+    from rtbus.bench.drill import Drill
+
+    statements, unavailable = None, None
+    if options.pg_stats_dsn:
+        try:
+            statements = probes.StatementCounter(options.pg_stats_dsn)
+        except Exception as exc:   # not preloaded, no rights, no server: say so in the report
+            unavailable = " ".join(str(exc).split())[:200]
+    log_watch = probes.LogWatch(options.server_log) if options.server_log else None
+    drill = Drill(options, publishing, base=base, server=server, statements=statements,
+                  log_watch=log_watch)
+    the_machine = reports.machine()
+    aborted = False
+    try:
+        with gevent.Timeout(options.max_seconds):
+            drill.run()
+    except gevent.Timeout:
+        aborted = True
+    finally:
+        if statements is not None:
+            statements.close()
+    return {
+        "target": str(options.target),
+        "options": _options_summary(options),
+        "machine": the_machine,
+        "server": {"pid": server.pid, "title": server.title} if server else None,
+        "stages": drill.reports,
+        "aborted": aborted,
+        "statements_unavailable": unavailable,
+        "verdict": reports.verdict(drill.reports, aborted),
+    }
+
+
+def _options_summary(options) -> dict:
+    return {"websockets": options.websockets, "longpolls": options.longpolls,
+            "channels": options.channels, "publish": options.publish, "rate": options.rate,
+            "ramp_rate": options.ramp_rate, "notifications": options.notifications,
+            "duration": options.duration, "payload_bytes": options.payload_bytes,
+            "stages": list(options.stages), "spike_notifications": options.spike_notifications,
+            "spike_rate": options.spike_rate, "storm_seconds": options.storm_seconds}
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"rtbus-bench: error: {message}\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Measurements around the drill: the server's memory and CPU (from /proc), this
+process's CPU (getrusage), PostgreSQL statement counts (pg_stat_statements) and
+new PoolError lines in the server's log. All read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+GEVENT_TITLE = "rtbus: gevent"
+MASTER_TITLE = "rtbus: master"
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != b"Z":
+            found.append(int(entry))
+    return sorted(found)
+
+
+def resolve_server_pid(pid: int) -> tuple[int, str]:
+    """The process to measure for `pid`: its ``rtbus: gevent`` child when `pid` is an
+    rtbus master, else `pid` itself. Returns (pid, title); raises OSError if gone."""
+    title = _cmdline(pid)
+    if title.startswith(MASTER_TITLE):
+        for child in _children(pid):
+            try:
+                child_title = _cmdline(child)
+            except OSError:
+                continue
+            if child_title.startswith(GEVENT_TITLE):
+                return child, child_title
+        raise ProcessLookupError(f"pid {pid} is an rtbus master without a '{GEVENT_TITLE}' child")
+    return pid, title
+
+
+class ServerProbe:
+    """Memory (RSS) and CPU time of one server process."""
+
+    def __init__(self, pid: int):
+        self.pid, self.title = resolve_server_pid(pid)
+
+    def sample(self) -> dict | None:
+        """{"rss_kb", "cpu_s", "at"}, or None when the process is gone."""
+        try:
+            with open(f"/proc/{self.pid}/status", "rb") as f:
+                status = f.read()
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return None
+        rss_kb = 0
+        for line in status.splitlines():
+            if line.startswith(b"VmRSS:"):
+                rss_kb = int(line.split()[1])
+        # utime and stime are fields 14 and 15 of stat; 12 and 13 after the ")".
+        cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return {"rss_kb": rss_kb, "cpu_s": cpu, "at": time.monotonic()}
+
+
+def own_cpu() -> dict:
+    """This process's CPU seconds so far, and the wall clock."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": usage.ru_utime + usage.ru_stime, "at": time.monotonic(),
+            "max_rss_kb": usage.ru_maxrss}
+
+
+def cpu_percent(before: dict | None, after: dict | None) -> float | None:
+    """CPU use between two samples in % of one core."""
+    if not before or not after or after["at"] <= before["at"]:
+        return None
+    return round(100.0 * (after["cpu_s"] - before["cpu_s"]) / (after["at"] - before["at"]), 1)
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's soft open-files limit to the hard one; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+_PUBLISH_MARKERS = ("rtbus_sendone", "insert into bus_bus", "pg_notify", "pg_stat_statements")
+_TRANSACTION_WORDS = ("begin", "commit", "rollback")
+
+
+class StatementCounter:
+    """pg_stat_statements deltas between two snapshots, split into the bench's own
+    publishing statements, transaction control, and everything else (the server's).
+
+    pg_stat_statements must be in shared_preload_libraries; otherwise the
+    constructor raises a psycopg2 error naming the problem."""
+
+    def __init__(self, dsn: str):
+        import psycopg2
+        self.conn = psycopg2.connect(dsn)
+        self.conn.autocommit = True
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'")
+            if not cur.fetchone()[0]:
+                cur.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            cur.execute("SELECT count(*) FROM pg_stat_statements")   # fails if not preloaded
+
+    def snapshot(self) -> dict:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT dbid, queryid, calls, query FROM pg_stat_statements")
+            return {(dbid, queryid): (calls, query) for dbid, queryid, calls, query in cur}
+
+    @staticmethod
+    def delta(before: dict, after: dict, notifications: int) -> dict:
+        """Statements per notification: total, the publisher's, the server's, top 5."""
+        rows = []
+        for key, (calls, query) in after.items():
+            done = calls - before.get(key, (0, ""))[0]
+            if done > 0:
+                rows.append((done, " ".join(query.split())))
+        rows.sort(reverse=True)
+        kinds = {"publisher": 0, "transaction": 0, "server": 0}
+        for n, query in rows:
+            kinds[_statement_kind(query)] += n
+        total = sum(kinds.values())
+        per = (lambda n: round(n / notifications, 2)) if notifications else (lambda n: None)
+        return {"notifications": notifications, "total": total,
+                "per_notification_total": per(total),
+                "per_notification_server": per(kinds["server"]),
+                "per_notification_publisher": per(kinds["publisher"]),
+                "per_notification_transaction": per(kinds["transaction"]),
+                "top": [{"calls": n, "query": q[:100]} for n, q in rows[:5]]}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _statement_kind(query: str) -> str:
+    """"publisher" (the bench's own publishing and probing), "transaction" (BEGIN,
+    COMMIT: not attributable, any client sends them) or "server"."""
+    lowered = query.lower().strip()
+    if any(marker in lowered for marker in _PUBLISH_MARKERS):
+        return "publisher"
+    if lowered in _TRANSACTION_WORDS:
+        return "transaction"
+    return "server"
+
+
+class LogWatch:
+    """Counts lines containing `pattern` written to a log file since the last call."""
+
+    def __init__(self, path: str, pattern: str = "PoolError"):
+        self.path = path
+        self.pattern = pattern
+        self.offset = self._size()
+
+    def _size(self) -> int:
+        try:
+            return os.path.getsize(self.path)
+        except OSError:
+            return 0
+
+    def count_new(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                text = f.read()
+        except OSError:
+            return 0
+        self.offset += len(text)
+        needle = self.pattern.encode()
+        return sum(1 for line in text.splitlines() if needle in line)
