@@ -120,32 +120,64 @@ def fresh_db(pg_cluster) -> str:
 @pytest.fixture
 def schema_db(pg_cluster, fresh_db) -> str:
     """A fresh database (see fresh_db) with the rtbus schema applied."""
-    from rtbus.db import schema
-
-    conn = pg_cluster.connect(fresh_db)
-    try:
-        schema.upgrade(conn)
-    finally:
-        conn.close()
-    return fresh_db
+    return pgcluster.create_schema_db(pg_cluster, name=fresh_db)
 
 
 @pytest.fixture(scope="module")
 def module_db(pg_cluster) -> str:
     """A database with the rtbus schema shared by one test module (for its shared servers)."""
-    from rtbus.db import schema
-
-    name = pgcluster.unique_name()
-    pg_cluster.create_database(name, template="template0")
-    conn = pg_cluster.connect(name)
-    try:
-        schema.upgrade(conn)
-    finally:
-        conn.close()
+    name = pgcluster.create_schema_db(pg_cluster)
     try:
         yield name
     finally:
         pg_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def module_servers(pg_cluster, module_db, tmp_path_factory):
+    """Factory for servers shared by one module's tests, stopped when the module ends.
+
+    ``launch(*args, name="server", cluster=None, db=None, **env)`` starts
+    ``rtbus-server --workers=1 --max-cron-threads=0`` (ports 0, overridable by
+    `args`) on `cluster` (default pg_cluster) and database `db` (default
+    module_db), with extra environment variables `env`, and returns the
+    started ServerProcess.
+    """
+    from serverproc import ServerProcess, clean_environ
+
+    started = []
+
+    def launch(*args: str, name: str = "server", cluster=None, db: str | None = None, **env_extra: str):
+        env = clean_environ()
+        env.update(pgcluster.env_for(cluster or pg_cluster), RTBUS_DB_NAME=db or module_db, **env_extra)
+        server = ServerProcess(["--workers=1", "--max-cron-threads=0", "--http-port=0", "--gevent-port=0",
+                                *args], env, str(tmp_path_factory.mktemp(name) / "server.log"))
+        started.append(server)
+        return server.start()
+
+    yield launch
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_publish(pg_cluster, module_db):
+    """``publish(channel, type="n", payload=None, count=1) -> [ids]`` into module_db.
+
+    Uses the Python API as an application would: rows before commit, NOTIFY
+    imbus on the `postgres` database after.
+    """
+    from rtbus.bus.publish import Notifier, Publisher
+
+    conn = pg_cluster.connect(module_db)
+    publisher = Publisher(Notifier(imbus_db_name="postgres"))
+
+    def publish(channel, notification_type: str = "n", payload=None, count: int = 1) -> list[int]:
+        return publisher.publish(conn, module_db, [(channel, notification_type, payload)] * count)
+
+    yield publish
+    publisher.notifier.close()
+    conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -80,3 +80,28 @@ def config_for(cluster: Cluster, **changes):
 
     config = load_config([], environ=env_for(cluster)).config
     return config.replace(**changes) if changes else config
+
+
+def create_schema_db(cluster: Cluster, prefix: str = "rtbus_test", name: str | None = None) -> str:
+    """Create a database on `cluster` (from template0) with the rtbus schema; return its name."""
+    from rtbus.db import schema
+
+    name = name or unique_name(prefix)
+    if name not in _existing_databases(cluster):
+        cluster.create_database(name, template="template0")
+    conn = cluster.connect(name)
+    try:
+        schema.upgrade(conn)
+    finally:
+        conn.close()
+    return name
+
+
+def _existing_databases(cluster: Cluster) -> set[str]:
+    conn = cluster.connect("postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database")
+            return {row[0] for row in cur.fetchall()}
+    finally:
+        conn.close()

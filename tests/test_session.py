@@ -10,7 +10,6 @@ import types
 import psycopg2
 import pytest
 
-from rtbus.db import schema
 from rtbus.db.pool import ConnectionPool
 from rtbus.session import (COOKIE_NAME, Session, SessionExpired, SessionNotFound, SessionStore,
                            create_session, gc_sessions, revoke_session, revoke_user_sessions,

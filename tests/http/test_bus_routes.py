@@ -12,10 +12,8 @@ import pytest
 
 import pgcluster
 from http_client import post_json
-from rtbus.bus.publish import Notifier, Publisher
-from rtbus.db import schema
 from rtbus.session import create_session, revoke_session, rotate_session
-from serverproc import ServerProcess, clean_environ, http_get, wait_until
+from serverproc import http_get, wait_until
 
 PEEK = "/websocket/peek_notifications"
 ROUTES = (PEEK, "/websocket/on_closed", "/bus/has_missed_notifications",
@@ -27,22 +25,13 @@ def bus_db(module_db):
     return module_db
 
 
-def _start(cluster, dbname, tmp_path_factory, name, **env_extra) -> ServerProcess:
-    env = clean_environ()
-    env.update(pgcluster.env_for(cluster), RTBUS_DB_NAME=dbname,
-               RTBUS_SESSION_CHECK_CACHE_SECONDS="0", **env_extra)
-    server = ServerProcess(["--workers=1", "--max-cron-threads=0", "--http-port=0",
-                            "--gevent-port=0"],
-                           env, str(tmp_path_factory.mktemp(name) / "server.log"))
-    return server.start()
+# Session checks go to the database every time: the tests revoke and rotate.
+NO_SESSION_CACHE = {"RTBUS_SESSION_CHECK_CACHE_SECONDS": "0"}
 
 
 @pytest.fixture(scope="module")
-def server(pg_cluster, bus_db, tmp_path_factory):
-    server = _start(pg_cluster, bus_db, tmp_path_factory, "busroutes",
-                    RTBUS_PUBLIC_CHANNELS="room")
-    yield server
-    server.stop()
+def server(module_servers):
+    return module_servers(name="busroutes", RTBUS_PUBLIC_CHANNELS="room", **NO_SESSION_CACHE)
 
 
 @pytest.fixture(params=["http", "longpolling"])
@@ -59,14 +48,9 @@ def db(pg_cluster, bus_db):
 
 
 @pytest.fixture(scope="module")
-def publish(db, bus_db):
-    publisher = Publisher(Notifier(imbus_db_name="postgres"))
-
-    def send(channel, notification_type="n", payload=None) -> int:
-        return publisher.publish(db, bus_db, [(channel, notification_type, payload)])[0]
-
-    yield send
-    publisher.notifier.close()
+def publish(module_publish):
+    return lambda channel, notification_type="n", payload=None: module_publish(
+        channel, notification_type, payload)[0]
 
 
 def call(params=None, request_id=1) -> dict:
@@ -281,20 +265,12 @@ def test_unknown_database_is_invalid_params(port):
 
 @pytest.fixture(scope="module")
 def crash_db(crash_cluster):
-    name = pgcluster.unique_name()
-    crash_cluster.create_database(name, template="template0")
-    conn = crash_cluster.connect(name)
-    try:
-        schema.upgrade(conn)
-    finally:
-        conn.close()
-    return name
+    return pgcluster.create_schema_db(crash_cluster)
 
 
 @pytest.mark.timeout(120)
-def test_dead_database_gives_503_on_every_route_then_recovers(crash_cluster, crash_db,
-                                                              tmp_path_factory):
-    server = _start(crash_cluster, crash_db, tmp_path_factory, "crashroutes")
+def test_dead_database_gives_503_on_every_route_then_recovers(crash_cluster, crash_db, module_servers):
+    server = module_servers(name="crashroutes", cluster=crash_cluster, db=crash_db, **NO_SESSION_CACHE)
     ports = (server.http_port, server.longpolling_port)
     calls = [(PEEK, {"channels": [], "last": 0}), ("/bus/has_missed_notifications",
                                                     {"last_notification_id": 1}),

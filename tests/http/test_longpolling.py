@@ -18,10 +18,8 @@ import pytest
 
 import pgcluster
 from http_client import post_json
-from rtbus.bus.publish import Notifier, Publisher
-from rtbus.db import schema
 from rtbus.session import create_session, revoke_session
-from serverproc import ServerProcess, clean_environ, wait_until
+from serverproc import wait_until
 
 POLL = "/longpolling/poll"
 
@@ -31,32 +29,22 @@ def bus_db(module_db):
     return module_db
 
 
-def _start(cluster, dbname, tmp_path_factory, name, *args, **env_extra) -> ServerProcess:
-    env = clean_environ()
-    env.update(pgcluster.env_for(cluster), RTBUS_DB_NAME=dbname,
-               RTBUS_SESSION_CHECK_CACHE_SECONDS="0", **env_extra)
-    server = ServerProcess(["--workers=1", "--max-cron-threads=0", "--http-port=0",
-                            "--gevent-port=0", *args],
-                           env, str(tmp_path_factory.mktemp(name) / "server.log"))
-    return server.start()
+# Session checks go to the database every time here: the tests revoke sessions
+# in the middle of polls.
+NO_SESSION_CACHE = {"RTBUS_SESSION_CHECK_CACHE_SECONDS": "0"}
 
 
 @pytest.fixture(scope="module")
-def server(pg_cluster, bus_db, tmp_path_factory):
-    server = _start(pg_cluster, bus_db, tmp_path_factory, "longpoll", "--log-level=debug",
-                    RTBUS_LONGPOLLING_TIMEOUT="30", RTBUS_PUBLIC_CHANNELS="room,quiet,crowd")
-    yield server
-    server.stop()
+def server(module_servers):
+    return module_servers("--log-level=debug", name="longpoll", RTBUS_LONGPOLLING_TIMEOUT="30",
+                          RTBUS_PUBLIC_CHANNELS="room,quiet,crowd", **NO_SESSION_CACHE)
 
 
 @pytest.fixture(scope="module")
-def short_server(pg_cluster, bus_db, tmp_path_factory):
+def short_server(module_servers):
     """One-second polls, and room for two of them only."""
-    server = _start(pg_cluster, bus_db, tmp_path_factory, "shortpoll",
-                    "--longpolling-max-polls=2", RTBUS_LONGPOLLING_TIMEOUT="1",
-                    RTBUS_PUBLIC_CHANNELS="room,quiet")
-    yield server
-    server.stop()
+    return module_servers("--longpolling-max-polls=2", name="shortpoll", RTBUS_LONGPOLLING_TIMEOUT="1",
+                          RTBUS_PUBLIC_CHANNELS="room,quiet", **NO_SESSION_CACHE)
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +55,9 @@ def db(pg_cluster, bus_db):
 
 
 @pytest.fixture(scope="module")
-def publish(db, bus_db):
-    publisher = Publisher(Notifier(imbus_db_name="postgres"))
-
-    def send(channel, notification_type="n", payload=None) -> int:
-        return publisher.publish(db, bus_db, [(channel, notification_type, payload)])[0]
-
-    yield send
-    publisher.notifier.close()
+def publish(module_publish):
+    return lambda channel, notification_type="n", payload=None: module_publish(
+        channel, notification_type, payload)[0]
 
 
 def call(params, request_id=1) -> dict:
@@ -372,10 +355,9 @@ def test_get_and_head_on_the_evented_port_are_405(server, method):
         assert "POST" in json.loads(raw)["error"]["data"]["message"]
 
 
-def test_single_process_serves_long_polls(start_server, pg_cluster, bus_db, publish):
-    env = clean_environ()
-    env.update(pgcluster.env_for(pg_cluster), RTBUS_DB_NAME=bus_db)
-    single = start_server("--workers=0", "--max-cron-threads=0", env=env, name="single")
+def test_single_process_serves_long_polls(start_server, server_env, bus_db, publish):
+    single = start_server("--workers=0", "--max-cron-threads=0", env=dict(server_env, RTBUS_DB_NAME=bus_db),
+                          name="single")
     last = publish("broadcast", "marker")
     thread, box = in_thread(poll, single.http_port, [], last)
     time.sleep(0.3)
@@ -385,10 +367,8 @@ def test_single_process_serves_long_polls(start_server, pg_cluster, bus_db, publ
     assert status == 200 and ids_of(body) == [fresh]
 
 
-def test_graceful_stop_answers_held_polls_at_once(start_server, pg_cluster, bus_db, publish):
-    env = clean_environ()
-    env.update(pgcluster.env_for(pg_cluster), RTBUS_DB_NAME=bus_db,
-               RTBUS_LONGPOLLING_TIMEOUT="120")
+def test_graceful_stop_answers_held_polls_at_once(start_server, server_env, bus_db, publish):
+    env = dict(server_env, RTBUS_DB_NAME=bus_db, RTBUS_LONGPOLLING_TIMEOUT="120")
     stopping = start_server("--workers=1", "--max-cron-threads=0", env=env, name="stopping")
     last = publish("quiet", "marker")
     thread, box = in_thread(poll, stopping.longpolling_port, ["quiet"], last, timeout=60)
@@ -408,20 +388,13 @@ def test_graceful_stop_answers_held_polls_at_once(start_server, pg_cluster, bus_
 
 @pytest.fixture(scope="module")
 def crash_db(crash_cluster):
-    name = pgcluster.unique_name()
-    crash_cluster.create_database(name, template="template0")
-    conn = crash_cluster.connect(name)
-    try:
-        schema.upgrade(conn)
-    finally:
-        conn.close()
-    return name
+    return pgcluster.create_schema_db(crash_cluster)
 
 
 @pytest.mark.timeout(120)
-def test_dead_database_gives_503_then_recovers(crash_cluster, crash_db, tmp_path_factory):
-    server = _start(crash_cluster, crash_db, tmp_path_factory, "crashpoll",
-                    RTBUS_LONGPOLLING_TIMEOUT="2")
+def test_dead_database_gives_503_then_recovers(crash_cluster, crash_db, module_servers):
+    server = module_servers(name="crashpoll", cluster=crash_cluster, db=crash_db,
+                            RTBUS_LONGPOLLING_TIMEOUT="2", **NO_SESSION_CACHE)
     sid = None
     try:
         conn = crash_cluster.connect(crash_db)

@@ -8,9 +8,7 @@ import json
 import orjson
 import pytest
 
-import pgcluster
 from buslisten import ImbusListener
-from serverproc import ServerProcess, clean_environ
 
 API_KEY = "s3cret-key"
 
@@ -21,14 +19,8 @@ def bus_db(module_db):
 
 
 @pytest.fixture(scope="module")
-def server(pg_cluster, bus_db, tmp_path_factory):
-    env = clean_environ()
-    env.update(pgcluster.env_for(pg_cluster), RTBUS_DB_NAME=bus_db, RTBUS_BUS_API_KEY=API_KEY)
-    proc = ServerProcess(["--workers=1", "--max-cron-threads=0", "--http-port=0", "--gevent-port=0"],
-                         env, str(tmp_path_factory.mktemp("publish") / "server.log"))
-    proc.start()
-    yield proc
-    proc.stop()
+def server(module_servers):
+    return module_servers(name="publish", RTBUS_BUS_API_KEY=API_KEY)
 
 
 def post(port: int, body, headers: dict | None = None, method: str = "POST", path: str = "/bus/publish"):

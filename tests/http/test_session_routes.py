@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-import pgcluster
 from http_client import post_json
-from serverproc import ServerProcess, clean_environ, run_cli
+from serverproc import run_cli
 
 KEY = "session-admin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def server(pg_cluster, module_db, tmp_path_factory):
-    env = clean_environ()
-    env.update(pgcluster.env_for(pg_cluster), RTBUS_DB_NAME=module_db, RTBUS_BUS_API_KEY=KEY)
-    server = ServerProcess(["--workers=1", "--max-cron-threads=0", "--http-port=0", "--gevent-port=0"],
-                           env, str(tmp_path_factory.mktemp("sessions") / "server.log"))
-    server.start()
-    yield server
-    server.stop()
+def server(module_servers):
+    return module_servers(name="sessions", RTBUS_BUS_API_KEY=KEY)
 
 
 def rpc(server, path, params, headers=AUTH):

@@ -13,15 +13,7 @@ from serverproc import ServerProcess
 
 @pytest.fixture(scope="session")
 def ops_db(pg_cluster):
-    from rtbus.db import schema
-
-    name = pgcluster.unique_name("rtbus_ops")
-    pg_cluster.create_database(name, template="template0")
-    conn = pg_cluster.connect(name)
-    try:
-        schema.upgrade(conn)
-    finally:
-        conn.close()
+    name = pgcluster.create_schema_db(pg_cluster, "rtbus_ops")
     yield name
     pg_cluster.drop_database(name)
 

@@ -8,22 +8,14 @@ import time
 import pytest
 import websocket
 
-import pgcluster
 from rtbus.session import create_session
-from serverproc import ServerProcess, clean_environ
 
 AWAY_MS = 31 * 60 * 1000      # past Odoo's 30 min AWAY_TIMER
 
 
 @pytest.fixture(scope="module")
-def server(pg_cluster, module_db, tmp_path_factory):
-    env = clean_environ()
-    env.update(pgcluster.env_for(pg_cluster), RTBUS_DB_NAME=module_db)
-    server = ServerProcess(["--workers=1", "--max-cron-threads=0", "--http-port=0", "--gevent-port=0"],
-                           env, str(tmp_path_factory.mktemp("presence") / "server.log"))
-    server.start()
-    yield server
-    server.stop()
+def server(module_servers):
+    return module_servers(name="presence")
 
 
 @pytest.fixture(scope="module")

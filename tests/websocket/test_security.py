@@ -9,21 +9,13 @@ import time
 import pytest
 import websocket
 
-import pgcluster
-from rtbus.bus.publish import Notifier, Publisher
 from rtbus.session import create_session, rotate_session, set_groups
-from serverproc import ServerProcess, clean_environ, health_ok
+from serverproc import health_ok
 
 
 @pytest.fixture(scope="module")
-def server(pg_cluster, module_db, tmp_path_factory):
-    env = clean_environ()
-    env.update(pgcluster.env_for(pg_cluster), RTBUS_DB_NAME=module_db, RTBUS_PUBLIC_CHANNELS="lobby")
-    server = ServerProcess(["--workers=1", "--max-cron-threads=0", "--http-port=0", "--gevent-port=0"],
-                           env, str(tmp_path_factory.mktemp("security") / "server.log"))
-    server.start()
-    yield server
-    server.stop()
+def server(module_servers):
+    return module_servers(name="security", RTBUS_PUBLIC_CHANNELS="lobby")
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +28,8 @@ def db(pg_cluster, module_db):
 
 
 @pytest.fixture(scope="module")
-def publish(pg_cluster, module_db):
-    conn = pg_cluster.connect(module_db)
-    publisher = Publisher(Notifier(imbus_db_name="postgres"))
-    yield lambda channel, kind="n": publisher.publish(conn, module_db, [(channel, kind, None)])[0]
-    publisher.notifier.close()
-    conn.close()
+def publish(module_publish):
+    return lambda channel, kind="n": module_publish(channel, kind)[0]
 
 
 def session(db, uid, partner_id, groups=()) -> str:

@@ -11,11 +11,9 @@ import time
 import pytest
 import websocket
 
-import pgcluster
-from rtbus.bus.publish import Notifier, Publisher
 from rtbus.websocket.frames import Frame, Opcode, encode_close
 from rtbus.websocket.handshake import WORKER_VERSION
-from serverproc import ServerProcess, clean_environ, http_get, wait_until
+from serverproc import http_get
 from wsclient import RawWebsocket
 
 
@@ -24,43 +22,22 @@ def bus_db(module_db):
     return module_db
 
 
-def _start(pg_cluster, bus_db, tmp_path_factory, name: str, **env_extra) -> ServerProcess:
-    env = clean_environ()
-    env.update(pgcluster.env_for(pg_cluster), RTBUS_DB_NAME=bus_db, **env_extra)
-    server = ServerProcess(["--workers=1", "--max-cron-threads=0", "--http-port=0", "--gevent-port=0"],
-                           env, str(tmp_path_factory.mktemp(name) / "server.log"))
-    return server.start()
+@pytest.fixture(scope="module")
+def server(module_servers):
+    return module_servers(name="ws", RTBUS_PUBLIC_CHANNELS="room,lobby")
 
 
 @pytest.fixture(scope="module")
-def server(pg_cluster, bus_db, tmp_path_factory):
-    server = _start(pg_cluster, bus_db, tmp_path_factory, "ws", RTBUS_PUBLIC_CHANNELS="room,lobby")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def tight_server(pg_cluster, bus_db, tmp_path_factory):
+def tight_server(module_servers):
     """Short timers and a small outbound queue, for the tests that wait for them."""
-    server = _start(pg_cluster, bus_db, tmp_path_factory, "tight",
-                    RTBUS_WEBSOCKET_PING_INTERVAL="1", RTBUS_WEBSOCKET_RESPONSE_TIMEOUT="1",
-                    RTBUS_WEBSOCKET_KEEP_ALIVE_TIMEOUT="4", RTBUS_MAILBOX_MAX_BYTES="131072",
-                    RTBUS_WEBSOCKET_SEND_TIMEOUT="2")
-    yield server
-    server.stop()
+    return module_servers(name="tight", RTBUS_WEBSOCKET_PING_INTERVAL="1",
+                          RTBUS_WEBSOCKET_RESPONSE_TIMEOUT="1", RTBUS_WEBSOCKET_KEEP_ALIVE_TIMEOUT="4",
+                          RTBUS_MAILBOX_MAX_BYTES="131072", RTBUS_WEBSOCKET_SEND_TIMEOUT="2")
 
 
 @pytest.fixture(scope="module")
-def publish(pg_cluster, bus_db):
-    conn = pg_cluster.connect(bus_db)
-    publisher = Publisher(Notifier(imbus_db_name="postgres"))
-
-    def send(channel, notification_type, payload=None, count: int = 1) -> list[int]:
-        return publisher.publish(conn, bus_db, [(channel, notification_type, payload)] * count)
-
-    yield send
-    publisher.notifier.close()
-    conn.close()
+def publish(module_publish):
+    return module_publish
 
 
 def connect(port: int, **kwargs) -> websocket.WebSocket:

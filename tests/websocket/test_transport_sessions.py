@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 import time
 
 import pytest
 import websocket
 
-import pgcluster
-from rtbus.bus.publish import Notifier, Publisher
-from rtbus.db import schema
 from rtbus.session import create_session, revoke_session
-from serverproc import ServerProcess, clean_environ
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +18,10 @@ def bus_db(module_db):
 
 
 @pytest.fixture(scope="module")
-def server(pg_cluster, bus_db, tmp_path_factory):
-    env = clean_environ()
+def server(module_servers):
     # The default session cache (10 s): revocations must still act at once,
     # through NOTIFY rtbus_session.
-    env.update(pgcluster.env_for(pg_cluster), RTBUS_DB_NAME=bus_db)
-    server = ServerProcess(["--workers=1", "--max-cron-threads=0", "--http-port=0", "--gevent-port=0"],
-                           env, str(tmp_path_factory.mktemp("sessions") / "server.log"))
-    server.start()
-    yield server
-    server.stop()
+    return module_servers(name="sessions")
 
 
 @pytest.fixture
@@ -71,23 +60,13 @@ def close_code(ws, timeout: float = 5.0) -> int | None:
     return None
 
 
-def publish(pg_cluster, bus_db, channel, notification_type="n"):
-    conn = pg_cluster.connect(bus_db)
-    publisher = Publisher(Notifier(imbus_db_name="postgres"))
-    try:
-        return publisher.publish(conn, bus_db, [(channel, notification_type, None)])
-    finally:
-        publisher.notifier.close()
-        conn.close()
-
-
-def test_signed_in_user_receives_private_and_partner_channels(server, db, pg_cluster, bus_db):
+def test_signed_in_user_receives_private_and_partner_channels(server, db, module_publish):
     sid = new_session(db, uid=8, partner_id=80)
     ws = connect(server, sid)
     try:
         subscribe(ws, ["team-secret-4f9a"])
         time.sleep(0.3)
-        ids = publish(pg_cluster, bus_db, "team-secret-4f9a") + publish(pg_cluster, bus_db, ("res.partner", 80))
+        ids = module_publish("team-secret-4f9a") + module_publish(("res.partner", 80))
         got = []
         ws.settimeout(5)
         while len(got) < 2:
@@ -114,7 +93,7 @@ def test_revoked_session_is_closed_4001_on_its_next_message(server, db):
         ws.close()
 
 
-def test_revoked_session_gets_4001_instead_of_a_pending_notification(server, db, pg_cluster, bus_db):
+def test_revoked_session_gets_4001_instead_of_a_pending_notification(server, db, module_publish):
     sid = new_session(db)
     ws = connect(server, sid)
     try:
@@ -123,7 +102,7 @@ def test_revoked_session_gets_4001_instead_of_a_pending_notification(server, db,
         revoke_session(db, sid)
         db.commit()
         time.sleep(0.2)     # NOTIFY rtbus_session propagation, as above
-        publish(pg_cluster, bus_db, "private-c1", "must-not-arrive")
+        module_publish("private-c1", "must-not-arrive")
         ws.settimeout(5)
         opcode, frame = ws.recv_data_frame(control_frame=True)
         assert opcode == websocket.ABNF.OPCODE_CLOSE, frame.data
