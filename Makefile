@@ -19,14 +19,16 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 ## Start the server: prefork master with 2 HTTP workers, the gevent longpolling
-## process and a cron worker, on an embedded PostgreSQL unless a database is configured.
+## process and a cron worker, on an embedded PostgreSQL unless a database is configured,
+## with the demo routes on: open http://127.0.0.1:8069/ for the live board.
 run: install
-	$(BIN)/rtbus-server --workers=2 $(ARGS)
+	$(BIN)/rtbus-server --workers=2 --demo-mode $(ARGS)
 
 ## Run the whole test suite (it starts its own throwaway PostgreSQL clusters, and its own
-## nginx, installed here with apt-get when missing and possible).
+## nginx and headless Chromium, installed here with apt-get when missing and possible).
 test: install
 	sh scripts/ensure-nginx.sh
+	sh scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Regenerate the derived documentation and sample configuration.

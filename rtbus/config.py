@@ -571,6 +571,19 @@ SETTINGS: tuple[Setting, ...] = (
             "written).")),
     ),
     *_in_section(
+        "Browser client and demo",
+        Setting("longpolling_public_url", "str", None, flags=("--longpolling-public-url",),
+                metavar="URL", help=(
+            "Base URL browsers use to reach /websocket and /longpolling/poll, such as "
+            "https://bus.example.com or http://127.0.0.1:8072; the page served at / tells its "
+            "shared worker. Unset means the page's own origin in single mode and with "
+            "proxy_mode (nginx routes both), else the page's host on gevent_port.")),
+        Setting("demo_mode", "bool", False, flags=("--demo-mode",), help=(
+            "Serve the demo routes (/demo/*) behind the live board at /: anyone who reaches "
+            "the HTTP port can then create demo sessions and publish to demo.* channels. "
+            "For development and demonstrations only; never enable it in production.")),
+    ),
+    *_in_section(
         "Logging",
         Setting("log_level", "choice", "info", flags=("--log-level",),
                 choices=("debug", "info", "warning", "error", "critical"),

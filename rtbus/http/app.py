@@ -16,9 +16,9 @@ from werkzeug.wrappers import Request, Response
 from rtbus import errors
 from rtbus.db.connect import served_databases
 from rtbus.http import health, metrics_route, proxy, publish, session_routes, websocket_route
-from rtbus.http import bus_routes, longpolling
+from rtbus.http import bus_routes, demo, index_page, longpolling, static_files
 from rtbus.http.jsonrpc import InvalidParams
-from rtbus.http.responses import error_response, json_response
+from rtbus.http.responses import error_response
 
 _logger = logging.getLogger(__name__)
 
@@ -44,8 +44,14 @@ class Application:
         self._presence = None
         self._longpolls = None
         self._subscribe_hooks = None
+        self._static_files = None
         self.url_map = Map([
-            Rule("/", endpoint=index, methods=["GET", "HEAD"]),
+            Rule("/", endpoint=index_page.page, methods=["GET", "HEAD"]),
+            Rule("/index.json", endpoint=index_page.json_index, methods=["GET", "HEAD"]),
+            Rule("/static/<path:filename>", endpoint=static_files.static, methods=["GET", "HEAD"]),
+            Rule("/demo/session", endpoint=demo.session),
+            Rule("/demo/people", endpoint=demo.people),
+            Rule("/demo/publish", endpoint=demo.publish),
             Rule("/websocket/health", endpoint=health.websocket_health, methods=["GET", "HEAD"]),
             Rule("/metrics", endpoint=metrics_route.metrics, methods=["GET", "HEAD"]),
             Rule("/bus/publish", endpoint=publish.publish),
@@ -89,6 +95,13 @@ class Application:
             from rtbus.bus.presence import push_missed_presences
             self._subscribe_hooks = AfterSubscribeHooks([push_missed_presences])
         return self._subscribe_hooks
+
+    @property
+    def static_files(self):
+        """The browser client and the board's assets, read once by this process."""
+        if self._static_files is None:
+            self._static_files = static_files.StaticFiles()
+        return self._static_files
 
     @property
     def longpolls(self):
@@ -170,11 +183,3 @@ class Application:
             _logger.warning("%s %s: %s", request.method, request.path, exc)
             return error_response(outcome.http_status, str(exc), headers)
 
-
-def index(app: Application, request: Request) -> Response:
-    """A short description of this server, for people who open the port in a browser."""
-    return json_response({
-        "server": "rtbus",
-        "role": app.role,
-        "routes": sorted(rule.rule for rule in app.url_map.iter_rules()),
-    })

@@ -28,7 +28,7 @@ from werkzeug.wrappers import Request, Response
 from rtbus.bus.authorization import SubscribeContext, authorize
 from rtbus.bus.poll import Outcome, Poll
 from rtbus.errors import DatabaseUnavailable
-from rtbus.http import misroute
+from rtbus.http import cors, misroute
 from rtbus.http.jsonrpc import InvalidParams, JsonRpcError, RawResult, error_response, jsonrpc_route
 from rtbus.session import sid_from_cookie_header
 
@@ -44,7 +44,7 @@ def poll(app, request: Request) -> Response:
     """The route: refused at once on HTTP workers, held on the evented processes."""
     if not app.serves_subscribers:
         return _misrouted(app, request)
-    return _poll(app, request)
+    return cors.allow_sibling_page(app, request, _poll(app, request))
 
 
 def _misrouted(app, request: Request) -> Response:
