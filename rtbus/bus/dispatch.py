@@ -368,6 +368,11 @@ class ImDispatch:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(self._wake_r, 4096)
         notified = False
+        if ready - {self._wake_r}:
+            # Read every link, not only the ready ones: a session revocation
+            # NOTIFYed on a served database just before a publish NOTIFYed on the
+            # imbus database must be applied before that publish is delivered.
+            ready |= {link.conn.fileno() for link in self._links.values() if link.up}
         for link in list(self._links.values()):
             if link.up and link.conn.fileno() in ready:
                 notified |= self._read_notifies(link)

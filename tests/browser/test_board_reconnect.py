@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 
 import pytest
 
@@ -87,6 +88,10 @@ def test_a_revoked_session_waits_for_a_new_one_then_reconnects(context, board_se
         conn.commit()
     finally:
         conn.close()
+    # The revocation reaches the server's session cache through NOTIFY
+    # rtbus_session, on another connection than the publish's NOTIFY: give it
+    # its few milliseconds, as a logout does before the next notification.
+    time.sleep(0.2)
     # The next dispatch re-checks the session: close 4001, and no reconnection on its own.
     unseen = publish("demo.lobby", "demo/message", {"channel": "demo.lobby", "text": "after the logout"})
     wait_state(page, "waiting_session")
