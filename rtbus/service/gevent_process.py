@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 import gevent
 import gevent.event
@@ -47,7 +48,14 @@ class _Handler(WSGIHandler):
     The ``/websocket`` route answers 101 and leaves ``rtbus.upgrade`` in the
     environ; once the 101 is written, the socket belongs to the websocket
     layer for the rest of its life, in this same greenlet.
+
+    The websocket is served only once pywsgi is done with the request, and after
+    the handler has let go of it: its buffered reader (8 KB), the WSGI environ and
+    the werkzeug request would otherwise stay alive as long as the websocket, about
+    a third of an idle websocket's memory.
     """
+
+    _upgrade = None     # (serve, socket, bytes already read) once a 101 was written
 
     def handle(self):
         # Headers and body, and back-to-back websocket frames, leave in separate
@@ -58,6 +66,23 @@ class _Handler(WSGIHandler):
         except OSError:
             pass
         super().handle()
+        if self._upgrade is not None:
+            self._serve_upgraded()
+
+    def _serve_upgraded(self) -> None:
+        serve, sock, initial = self._upgrade
+        access = self._access_fields()
+        started = self.time_start
+        # Everything pywsgi kept for the request (environ, headers, the request,
+        # the response) goes now; the websocket needs none of it.
+        self.__dict__.clear()
+        try:
+            serve(sock, initial)
+        except Exception:
+            _logger.exception("websocket from %s failed", access[0])
+        finally:
+            sock.close()
+            _access_logger.info('%s "%s" %s %s %s', *access, f"{time.time() - started:.3f}s")
 
     def get_environ(self):
         environ = super().get_environ()
@@ -68,14 +93,19 @@ class _Handler(WSGIHandler):
     def log_request(self):
         # One line per request, like the HTTP workers' (a websocket's when it ends), with the
         # client the application saw: with proxy_mode, the one the proxy forwarded for.
+        if self._upgrade is not None:
+            return      # logged by _serve_upgraded when the websocket ends
+        duration = (f"{self.time_finish - self.time_start:.3f}s"
+                    if self.time_finish and self.time_start else "-")
+        _access_logger.info('%s "%s" %s %s %s', *self._access_fields(), duration)
+
+    def _access_fields(self) -> tuple:
+        """Client, request line, status and length of the access log line."""
         environ = self.environ or {}
         client = environ.get("REMOTE_ADDR") or (
             self.client_address[0] if isinstance(self.client_address, tuple) else self.client_address)
-        duration = (f"{self.time_finish - self.time_start:.3f}s"
-                    if self.time_finish and self.time_start else "-")
         status = (self._orig_status or self.status or "000").split()[0]
-        _access_logger.info('%s "%s" %s %s %s', client or "-", self.requestline or "", status,
-                            self.response_length or "-", duration)
+        return client or "-", self.requestline or "", status, self.response_length or "-"
 
     def finalize_headers(self):
         if self.code == 101:
@@ -90,7 +120,10 @@ class _Handler(WSGIHandler):
         if upgrade is None or self.code != 101:
             return
         self.close_connection = True
-        upgrade(self.socket, self._buffered_input())
+        # handle() serves it once pywsgi is done; without its socket, pywsgi's
+        # clean-up leaves the connection open.
+        self._upgrade = (upgrade, self.socket, self._buffered_input())
+        self.socket = None
 
     def _buffered_input(self) -> bytes:
         """Bytes the client sent after its request that pywsgi already buffered."""

@@ -1,6 +1,6 @@
 """One websocket connection on gevent: the I/O around the sans-I/O ServerProtocol.
 
-Two greenlets per connection:
+One greenlet per idle connection, two while it has something to send:
 
 - the *reader* (the request's own greenlet) waits for bytes, feeds the
   protocol, applies the rate limit, handles client events, and runs the timers
@@ -9,11 +9,18 @@ Two greenlets per connection:
   keep-alive lifetime);
 - the *writer* takes encoded batches from the connection's bounded Mailbox
   (filled by ImDispatch, which never blocks) and sends them, re-checking the
-  session before each one.
+  session before each one. It is spawned by the mailbox's `on_ready` edge (a
+  batch, an overflow or a close reaching a drained mailbox) and waits on a
+  gevent Event for the next batch. The reader's next timer check (at most one
+  ping interval away) retires it once it has waited `WRITER_IDLE_EXIT` seconds:
+  an idle websocket holds no writer greenlet, a busy one pays no spawn and no
+  timer per batch.
 
-Both write through `_send_lock`, so frames never interleave. Anything may ask
-for a close (`close`), from any greenlet: it sends the close frame and arms a
-timer that drops the TCP connection if the peer never echoes.
+Both write through `_send_lock`, so frames never interleave. A write first tries
+a non-blocking send; only when the kernel buffer is full does it wait, up to
+`websocket_send_timeout`. Anything may ask for a close (`close`), from any
+greenlet: it sends the close frame and arms a timer that drops the TCP
+connection if the peer never echoes.
 """
 
 from __future__ import annotations
@@ -25,10 +32,10 @@ import socket
 import time
 
 import gevent
+import gevent.event
 import gevent.lock
 from gevent.socket import wait_read
 
-from rtbus import errors
 from rtbus.bus.mailbox import Mailbox
 from rtbus.websocket import events
 from rtbus.websocket.frames import CloseCode
@@ -40,6 +47,10 @@ from rtbus.websocket.ratelimit import RateLimiter
 _logger = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
+# Seconds a writer greenlet may wait for the next batch before the reader's next
+# timer check retires it; the next batch spawns a new one. Longer than the gaps of any
+# steady stream, so a busy connection keeps its writer.
+WRITER_IDLE_EXIT = 5.0
 MAX_LOGGED_BAD_EVENTS = 3    # per connection; later ones are logged at debug level
 
 _ids = itertools.count(1)
@@ -57,7 +68,7 @@ class WebsocketConnection:
         self.dbname = session.dbname
         self.remote = remote
         self.protocol = ServerProtocol(max_message_size=settings.max_message_size)
-        self.mailbox = Mailbox(settings.mailbox_max_bytes, on_overflow=self._on_overflow)
+        self.mailbox = Mailbox(settings.mailbox_max_bytes, on_ready=self._on_mail)
         self.limiter = RateLimiter(settings.rate_limit_burst, settings.rate_limit_delay)
         now = time.monotonic()
         self.opened_at = now
@@ -71,7 +82,10 @@ class WebsocketConnection:
         self._terminated = False
         self._subscribed = False
         self._bad_events = 0
-        self._writer = None
+        self._writer = None                    # the writer greenlet, while there is one
+        self._mail = None                      # its wake-up (a gevent Event), made with it
+        self._writer_parked_since: float | None = None   # when it began waiting for a batch
+        self._retire_writer = False
 
     def __repr__(self) -> str:
         return f"websocket #{self.id} ({self.remote}, {self.session!r})"
@@ -79,17 +93,18 @@ class WebsocketConnection:
     # -- lifecycle -------------------------------------------------------
     def run(self) -> None:
         self.sock.settimeout(self.hub.settings.send_timeout)
-        self._writer = gevent.spawn(self._writer_loop)
         try:
             if self._initial:
                 self._receive(self._initial)
             self._reader_loop()
         finally:
             self.hub.dispatcher.unsubscribe(self)
-            # Closing the mailbox and the socket ends the writer by itself; killing
-            # it while it waits on the mailbox's condition would break that lock.
+            # Closing the mailbox and the socket ends the writer by itself (the close
+            # wakes it); it may be in the middle of a session check.
             self._terminate()
-            self._writer.join(timeout=self.hub.settings.send_timeout)
+            writer = self._writer
+            if writer is not None:
+                writer.join(timeout=self.hub.settings.send_timeout)
             self.hub.forget(self)
 
     def close(self, code: int, reason: str = "") -> None:
@@ -241,6 +256,10 @@ class WebsocketConnection:
                     self._terminate()
                     return 0.0
                 self.ping_deadline = now + settings.response_timeout
+        parked = self._writer_parked_since
+        if parked is not None and now - parked >= WRITER_IDLE_EXIT:
+            self._retire_writer = True
+            self._mail.set()
         deadlines = [self.last_activity + settings.ping_interval]
         if self.ping_deadline is not None:
             deadlines.append(self.ping_deadline)
@@ -252,12 +271,55 @@ class WebsocketConnection:
     def _flush_locked(self) -> None:
         data = self.protocol.data_to_send()
         if data:
-            self.sock.sendall(data)
+            # Without a timeout first: gevent's sendall arms a timer (and asks the
+            # kernel for the buffer size) on every call, and the kernel buffer is
+            # almost never full. When it is, wait for room, up to send_timeout.
+            try:
+                sent = self.sock.send(data, 0, 0.0)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                self.sock.sendall(memoryview(data)[sent:])
             self.last_activity = time.monotonic()
 
+    def _on_mail(self, mailbox) -> None:
+        # The mailbox's on_ready: a batch, an overflow or a close reached a drained
+        # mailbox. Called by whoever put or closed (the dispatcher, _terminate); must
+        # not block.
+        if self._writer is not None:
+            self._mail.set()
+        elif not self._terminated:
+            self._mail = gevent.event.Event()
+            self._writer = gevent.spawn(self._writer_loop)
+
     def _writer_loop(self) -> None:
+        try:
+            self._write_batches()
+        finally:
+            self._writer = None
+            self._writer_parked_since = None
+            self._retire_writer = False
+
+    def _next_batch(self) -> bytes | None:
+        """The next batch to send, waiting for one; None: the writer ends."""
         while True:
-            batch = self.mailbox.get()
+            batch = self.mailbox.pop()
+            if batch is not None:
+                return batch
+            # Drained: the next put, overflow or close calls _on_mail, which sets the
+            # event. Nothing switches greenlets from pop() to wait(), nor from the
+            # last pop() to the end of the writer, so no wake-up falls in between.
+            if (self.mailbox.overflowed or self.mailbox.closed or self._terminated
+                    or self._retire_writer):
+                return None
+            self._mail.clear()
+            self._writer_parked_since = time.monotonic()
+            self._mail.wait()
+            self._writer_parked_since = None
+
+    def _write_batches(self) -> None:
+        while True:
+            batch = self._next_batch()
             if batch is None:
                 if self.mailbox.overflowed and not self._terminated:
                     self._drop_slow_consumer(f"{self.mailbox.pending_bytes} bytes queued")
@@ -282,10 +344,6 @@ class WebsocketConnection:
             except OSError:
                 self._terminate()
                 return
-
-    def _on_overflow(self, mailbox) -> None:
-        # Called from the dispatcher: only wake the writer (Mailbox.get returns None).
-        pass
 
     def _drop_slow_consumer(self, why: str) -> None:
         self.hub.counters["slow_consumers"] += 1

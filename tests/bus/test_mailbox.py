@@ -51,3 +51,41 @@ def test_close_wakes_a_waiting_getter():
     threading.Timer(0.05, box.close).start()
     assert box.get(5) is None
     assert not box.put(b"[]", [])
+
+
+def test_on_ready_fires_once_per_drained_to_non_empty_edge():
+    ready = []
+    box = Mailbox(100, on_ready=ready.append)
+    assert box.put(b"[1]", [1])                   # a new mailbox counts as drained
+    assert box.put(b"[2]", [2])                   # the consumer has not looked since
+    assert ready == [box]
+    assert box.pop() == b"[1]" and box.pop() == b"[2]"
+    assert box.put(b"[3]", [3])                   # not yet drained: pop() never saw it empty
+    assert ready == [box]
+    assert box.pop() == b"[3]" and box.pop() is None
+    assert box.put(b"[4]", [4])
+    assert ready == [box, box]
+
+
+def test_close_and_overflow_wake_a_drained_consumer():
+    ready = []
+    box = Mailbox(4, on_ready=ready.append)
+    assert box.pop() is None
+    assert box.put(b"xxx", [1]) and ready == [box]
+    assert box.pop() == b"xxx" and box.pop() is None
+    assert box.put(b"yyy", [2]) and ready == [box, box]
+    assert not box.put(b"zz", [3])                # 5 > 4: overflow, consumer not drained
+    assert box.overflowed and ready == [box, box]
+    assert box.pop() == b"yyy" and box.pop() is None
+    closing = Mailbox(4, on_ready=ready.append)
+    assert closing.pop() is None
+    closing.close()
+    assert ready[-1] is closing and closing.pop() is None
+
+
+def test_pop_returns_the_since_of_each_batch():
+    box = Mailbox(100)
+    box.put(b"[1]", [1], 5.0)
+    box.put(b"[2]", [2])
+    assert box.pop() == b"[1]" and box.last_since == 5.0
+    assert box.pop() == b"[2]" and box.last_since is None
