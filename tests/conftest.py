@@ -37,6 +37,24 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    _mark_missing_programs(items)
+    _bound_every_test(config, items)
+
+
+def _mark_missing_programs(items) -> None:
+    """Mark skipped, with the reason, the tests whose system program (nginx, Chromium) is missing."""
+    import system_programs
+
+    found: dict = {}
+    for item in items:
+        for fixture, (finder, reason) in system_programs.REQUIRED_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                if finder not in found:
+                    found[finder] = finder()
+                item.add_marker(pytest.mark.skipif(found[finder] is None, reason=reason))
+
+
+def _bound_every_test(config, items) -> None:
     """Give every test a bound even when nothing configures one (pytest-timeout's default is none)."""
     if _have_pytest_timeout(config.pluginmanager) and (config.getoption("timeout", None) is not None
                                  or config.getini("timeout") or os.environ.get("PYTEST_TIMEOUT")):

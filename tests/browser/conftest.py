@@ -9,7 +9,6 @@ where it can); Playwright's own browser downloads are never used.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 import pytest
@@ -17,11 +16,11 @@ import pytest
 import pgcluster
 from rtbus.bus.publish import Notifier, Publisher
 from serverproc import ServerProcess, clean_environ
+from system_programs import chromium_binary
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "ops"))
 from ops_helpers import free_port  # noqa: E402
 
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,20 +28,9 @@ ARTIFACTS = os.path.join(REPO, "test-artifacts")
 WAIT_MS = 20_000     # bound of every wait inside the browser
 
 
-def chromium_binary() -> str | None:
-    for candidate in CHROMIUM_CANDIDATES:
-        found = shutil.which(candidate)
-        if found:
-            return found
-    return None
-
-
 @pytest.fixture(scope="session")
 def browser():
-    executable = chromium_binary()
-    if executable is None:
-        pytest.skip("Chromium is not installed (make test installs Debian's chromium package with "
-                    "scripts/ensure-chromium.sh where it can; or apt-get install chromium)")
+    executable = chromium_binary()     # present: tests using this fixture are skipped otherwise
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' installs playwright")
     playwright = sync_api.sync_playwright().start()
     try:

@@ -47,10 +47,7 @@ def test_long_polling_across_the_two_origins(context, board_server, publish):
 @pytest.fixture(scope="module")
 def proxied_board(pg_cluster, board_db, tmp_path_factory, request):
     nginx_helpers = pytest.importorskip("ops_helpers")
-    binary = nginx_helpers.nginx_binary()
-    if binary is None:
-        pytest.skip("nginx is not installed (make test installs it with scripts/ensure-nginx.sh "
-                    "where it can)")
+    binary = nginx_helpers.nginx_binary()    # present: skipped at collection otherwise
     base = tmp_path_factory.mktemp("proxied-board")
     server = start_board_server(pg_cluster, board_db, base, "--proxy-mode")
     proxy = nginx_helpers.Nginx(binary, str(tmp_path_factory.mktemp("board-nginx")), server.http_port,

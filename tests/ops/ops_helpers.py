@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 
@@ -13,20 +12,12 @@ import pytest
 
 import pgcluster
 from serverproc import clean_environ, wait_until
+from system_programs import nginx_binary  # noqa: F401  (re-exported for the ops tests)
 
 API_KEY = "ops-test-key"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NGINX_SAMPLE = os.path.join(REPO, "conf", "nginx.conf")
-NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 CLIENT_ADDRESS = "127.0.0.3"   # tests connect from here, so the proxy's own 127.0.0.1 differs
-
-
-def nginx_binary() -> str | None:
-    for candidate in NGINX_CANDIDATES:
-        found = shutil.which(candidate)
-        if found:
-            return found
-    return None
 
 
 def free_port() -> int:
