@@ -106,22 +106,13 @@ def _exec_single(config) -> None:
     too late here; the configuration travels over a pipe, as it does to the
     gevent process of a prefork deployment.
     """
-    import rtbus
-
     payload = config.to_json()
     read_fd, write_fd = os.pipe()
     if len(payload) > 60000:
         raise StartupError("the configuration is too large to hand over to the server process")
     os.write(write_fd, payload)
     os.close(write_fd)
-    os.set_inheritable(read_fd, True)
-    env = dict(os.environ)
-    env["RTBUS_CHILD_FDS"] = f"config={read_fd}"
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(rtbus.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "rtbus.service.evented", "single"], env)
+    process.exec_evented("single", {"config": read_fd})
 
 
 def initdb(config, argv, args) -> int:

@@ -24,11 +24,9 @@ import logging
 import os
 import select
 import signal
-import sys
 import time
 from typing import Callable
 
-import rtbus
 from rtbus.errors import ConfigError, StartupError
 from rtbus.log import setup_logging
 from rtbus.service import process
@@ -368,14 +366,8 @@ class Master:
             os._exit(code)
 
     def _exec_gevent(self, hb_w: int, cfg_r: int) -> None:
-        listen_fd = self.gevent_socket.fileno()
-        for fd in (listen_fd, hb_w, cfg_r):
-            os.set_inheritable(fd, True)
-        env = dict(os.environ)
-        env["RTBUS_CHILD_FDS"] = f"listen={listen_fd},heartbeat={hb_w},config={cfg_r}"
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(rtbus.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        os.execve(sys.executable, [sys.executable, "-m", "rtbus.service.evented", "gevent"], env)
+        process.exec_evented("gevent", {"listen": self.gevent_socket.fileno(), "heartbeat": hb_w,
+                                        "config": cfg_r})
 
     def _ask_to_stop(self, child: Child) -> None:
         if child.stop_requested is None:

@@ -6,6 +6,7 @@ import logging
 import os
 import resource
 import signal
+import sys
 
 _logger = logging.getLogger(__name__)
 
@@ -94,3 +95,23 @@ def process_age(pid: int) -> float | None:
         return None
     start_ticks = int(fields[19])
     return up - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def exec_evented(mode: str, fds: dict[str, int]) -> None:
+    """Replace this process by ``python -m rtbus.service.evented MODE``; never returns.
+
+    `fds` ({"config": fd, "listen": fd, ...}) are made inheritable and named to the
+    new interpreter in RTBUS_CHILD_FDS. The package's own directory goes first on
+    PYTHONPATH, so a source checkout runs the same code as the parent.
+    """
+    import rtbus
+
+    for fd in fds.values():
+        os.set_inheritable(fd, True)
+    env = dict(os.environ)
+    env["RTBUS_CHILD_FDS"] = ",".join(f"{name}={fd}" for name, fd in fds.items())
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(rtbus.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "rtbus.service.evented", mode], env)

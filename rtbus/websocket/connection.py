@@ -36,6 +36,7 @@ import gevent.event
 import gevent.lock
 from gevent.socket import wait_read
 
+from rtbus import errors
 from rtbus.bus.mailbox import Mailbox
 from rtbus.websocket import events
 from rtbus.websocket.frames import CloseCode
@@ -227,13 +228,13 @@ class WebsocketConnection:
 
     def _fail(self, exc: Exception) -> None:
         """Close the connection for an error while serving it, with the error's close code."""
-        code = self.hub.close_code_for(exc)
-        if code == CloseCode.SERVER_ERROR:
+        outcome = errors.wire_outcome(exc)
+        if outcome is errors.UNEXPECTED:
             _logger.error("%s: unexpected error, closing with 1011", self, exc_info=exc)
-            self.close(code)
+            self.close(outcome.close_code)
         else:
-            _logger.info("%s: closing with %d: %s", self, code, exc)
-            self.close(code, self.hub.close_reason_for(exc))
+            _logger.info("%s: closing with %d: %s", self, outcome.close_code, exc)
+            self.close(outcome.close_code, outcome.close_reason)
 
     # -- timers ----------------------------------------------------------
     def _run_timers(self) -> float:

@@ -16,7 +16,6 @@ import logging
 
 import gevent
 
-from rtbus import errors
 from rtbus.metrics.histogram import Histogram
 from rtbus.websocket import events
 from rtbus.websocket.frames import CloseCode
@@ -147,14 +146,6 @@ class Hub:
             self.hooks.run(connection.session, subscription, context)
 
     # -- errors and counters ---------------------------------------------
-    @staticmethod
-    def close_code_for(exc: BaseException) -> int:
-        return errors.wire_outcome(exc).close_code
-
-    @staticmethod
-    def close_reason_for(exc: BaseException) -> str:
-        return errors.wire_outcome(exc).close_reason
-
     def count_close(self, code) -> None:
         self.closes[int(code)] += 1
 
