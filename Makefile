@@ -27,8 +27,8 @@ run: install
 ## Run the whole test suite (it starts its own throwaway PostgreSQL clusters, and its own
 ## nginx and headless Chromium, installed here with apt-get when missing and possible).
 test: install
-	sh scripts/ensure-nginx.sh
-	sh scripts/ensure-chromium.sh
+	sh scripts/ensure-program.sh nginx "nginx-light nginx" nginx /usr/sbin/nginx
+	sh scripts/ensure-program.sh chromium chromium chromium /usr/bin/chromium chromium-browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Regenerate the derived documentation and sample configuration.

@@ -111,11 +111,8 @@ def _hard_timeout(nodeid: str, limit: float) -> None:
 @pytest.fixture(scope="session")
 def pg_cluster():
     """A throwaway rtbus.db.cluster.Cluster (fsync off, socket + 127.0.0.1) for the whole run."""
-    cluster = pgcluster.start_throwaway("rtbus-test-")
-    try:
+    with pgcluster.throwaway("rtbus-test-") as cluster:
         yield cluster
-    finally:
-        pgcluster.destroy(cluster)
 
 
 @pytest.fixture
@@ -149,6 +146,14 @@ def module_db(pg_cluster) -> str:
         yield name
     finally:
         pg_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def module_conn(pg_cluster, module_db):
+    """One connection to module_db for a module's tests (they commit what they write)."""
+    conn = pg_cluster.connect(module_db)
+    yield conn
+    conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -201,11 +206,8 @@ def module_publish(pg_cluster, module_db):
 @pytest.fixture(scope="module")
 def crash_cluster():
     """A separate Cluster for tests that kill or restart PostgreSQL, so pg_cluster is never disturbed."""
-    cluster = pgcluster.start_throwaway("rtbus-crash-")
-    try:
+    with pgcluster.throwaway("rtbus-crash-") as cluster:
         yield cluster
-    finally:
-        pgcluster.destroy(cluster)
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ watchdog: several nets, because a leaked postmaster outlives the test run.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import pathlib
 import shutil
@@ -105,3 +107,13 @@ def _existing_databases(cluster: Cluster) -> set[str]:
             return {row[0] for row in cur.fetchall()}
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def throwaway(prefix: str):
+    """A started throwaway cluster for a `with` block (a fixture's lifetime), destroyed after."""
+    cluster = start_throwaway(prefix)
+    try:
+        yield cluster
+    finally:
+        destroy(cluster)

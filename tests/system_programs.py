@@ -1,6 +1,6 @@
 """Where the system programs some tests drive are: nginx and Chromium.
 
-`make test` installs both where it can (scripts/ensure-*.sh); where it cannot,
+`make test` installs both where it can (scripts/ensure-program.sh); where it cannot,
 the tests that need one are marked skipped at collection, with the reason
 (see REQUIRED_BY_FIXTURE and the root conftest).
 """
@@ -12,10 +12,10 @@ import shutil
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 
-NGINX_MISSING = ("nginx is not installed (make test installs it with scripts/ensure-nginx.sh where "
+NGINX_MISSING = ("nginx is not installed (make test installs it with scripts/ensure-program.sh where "
                  "apt-get can; otherwise install the nginx-light or nginx package)")
 CHROMIUM_MISSING = ("Chromium is not installed (make test installs Debian's chromium package with "
-                    "scripts/ensure-chromium.sh where apt-get can)")
+                    "scripts/ensure-program.sh where apt-get can)")
 
 
 def find_program(candidates: tuple[str, ...]) -> str | None:

@@ -2,7 +2,7 @@
 rtbus with the demo routes on, whose page is served on one port and whose websockets
 on another (two origins, as without a proxy).
 
-Chromium is Debian's package (`make test` installs it with scripts/ensure-chromium.sh
+Chromium is Debian's package (`make test` installs it with scripts/ensure-program.sh
 where it can); Playwright's own browser downloads are never used.
 """
 
@@ -55,16 +55,7 @@ def context(browser):
 
 
 def board_db_fixture(pg_cluster, prefix):
-    from rtbus.db import schema
-
-    name = pgcluster.unique_name(prefix)
-    pg_cluster.create_database(name, template="template0")
-    conn = pg_cluster.connect(name)
-    try:
-        schema.upgrade(conn)
-    finally:
-        conn.close()
-    return name
+    return pgcluster.create_schema_db(pg_cluster, prefix)
 
 
 @pytest.fixture(scope="module")

@@ -41,10 +41,8 @@ def port(request, server):
 
 
 @pytest.fixture(scope="module")
-def db(pg_cluster, bus_db):
-    conn = pg_cluster.connect(bus_db)
-    yield conn
-    conn.close()
+def db(module_conn):
+    return module_conn
 
 
 @pytest.fixture(scope="module")

@@ -48,10 +48,8 @@ def short_server(module_servers):
 
 
 @pytest.fixture(scope="module")
-def db(pg_cluster, bus_db):
-    conn = pg_cluster.connect(bus_db)
-    yield conn
-    conn.close()
+def db(module_conn):
+    return module_conn
 
 
 @pytest.fixture(scope="module")

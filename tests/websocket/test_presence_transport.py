@@ -19,10 +19,8 @@ def server(module_servers):
 
 
 @pytest.fixture(scope="module")
-def db(pg_cluster, module_db):
-    conn = pg_cluster.connect(module_db)
-    yield conn
-    conn.close()
+def db(module_conn):
+    return module_conn
 
 
 def user(db, uid: int) -> str:

@@ -19,12 +19,10 @@ def server(module_servers):
 
 
 @pytest.fixture(scope="module")
-def db(pg_cluster, module_db):
-    conn = pg_cluster.connect(module_db)
-    set_groups(conn, {100: ("Employee", []), 200: ("Manager", [100]), 300: ("Admin", [])})
-    conn.commit()
-    yield conn
-    conn.close()
+def db(module_conn):
+    set_groups(module_conn, {100: ("Employee", []), 200: ("Manager", [100]), 300: ("Admin", [])})
+    module_conn.commit()
+    return module_conn
 
 
 @pytest.fixture(scope="module")
