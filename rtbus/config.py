@@ -440,6 +440,11 @@ SETTINGS: tuple[Setting, ...] = (
                 help=(
             "Wall-clock seconds a prefork HTTP worker may spend on one request before it is "
             "killed; websockets and long-polls in the gevent process are not subject to it.")),
+        Setting("http_max_body_size", "bytes", 1 * MIB, check=Range(1024),
+                flags=("--http-max-body-size",), help=(
+            "Largest request body accepted (a JSON-RPC call, a publish); a larger one is refused "
+            "with 413 as soon as it is declared or, for a chunked body, as soon as that many bytes "
+            "were read.")),
         Setting("limit_time_real_cron", "int", -1, check=Range(-1),
                 flags=("--limit-time-real-cron",),
                 fallback=Fallback(when=-1, setting="limit_time_real"), help=(
@@ -499,6 +504,25 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a statement of rtbus's own sessions may wait for a lock (lock_timeout), "
             "so that a publish blocked by a locked bus_bus fails fast with HTTP 503 instead of "
             "holding a worker. 0 means no limit.")),
+        Setting("db_keepalives_idle", "int", 10, check=COUNT, flags=("--db-keepalives-idle",),
+                help=(
+            "Seconds a PostgreSQL connection (pooled or listening) may stay silent before TCP "
+            "keepalive probes check that the server is still there; 0 keeps the system's "
+            "default (often 2 hours).")),
+        Setting("db_keepalives_interval", "int", 3, check=COUNT,
+                flags=("--db-keepalives-interval",), help=(
+            "Seconds between two TCP keepalive probes of a PostgreSQL connection; 0 keeps the "
+            "system's default.")),
+        Setting("db_keepalives_count", "int", 3, check=COUNT, flags=("--db-keepalives-count",),
+                help=(
+            "Unanswered TCP keepalive probes after which a PostgreSQL connection is given up as "
+            "dead (a server that vanished without closing: power loss, partition); 0 keeps "
+            "the system's default.")),
+        Setting("db_tcp_user_timeout", "float", 20.0, check=TIMEOUT,
+                flags=("--db-tcp-user-timeout",), help=(
+            "Seconds data sent to PostgreSQL may stay unacknowledged before the connection is "
+            "given up as dead (TCP_USER_TIMEOUT; keepalives only cover silent connections); 0 "
+            "keeps the system's default.")),
         Setting("embedded_db_dir", "path", None, flags=("--embedded-db-dir",), help=(
             "Directory of an embedded PostgreSQL cluster that rtbus creates and starts itself, "
             "for development and tests; unset uses the server given by db_host and db_port.")),
@@ -528,7 +552,12 @@ SETTINGS: tuple[Setting, ...] = (
         Setting("bus_api_key", "str", None, secret=True, flags=("--bus-api-key",),
                 metavar="KEY", help=(
             "Secret that other services must present to publish through rtbus's HTTP API; "
-            "unset disables publishing over HTTP.")),
+            "unset disables publishing over HTTP. A value given on the command line shows in ps "
+            "until the process retitles itself: prefer bus_api_key_file or RTBUS_BUS_API_KEY.")),
+        Setting("bus_api_key_file", "path", None, flags=("--bus-api-key-file",), help=(
+            "File holding bus_api_key (its first line), read at start-up and on every reload; "
+            "keeps the key out of the command line and the environment. Giving both is an "
+            "error.")),
         Setting("budget_check", "choice", "error", choices=("error", "warn", "off"),
                 flags=("--budget-check",), help=(
             "What to do at start-up when the connection pools of all processes could exceed "
@@ -558,9 +587,39 @@ SETTINGS: tuple[Setting, ...] = (
             "fnmatch patterns (case-sensitive) a channel name requested by a signed-in "
             "client must match; empty allows any name, relying on names being unguessable "
             "as Odoo does.")),
+        Setting("session_lookup_budget", "int", 60, check=COUNT,
+                flags=("--session-lookup-budget",), help=(
+            "Lookups of session ids that rtbus did not issue (no valid signature: an "
+            "application's own sids, or sessions made before migration 0005) that one client "
+            "address may cause per minute and per process when they find no session (an IPv6 "
+            "client counts by /64; with proxy_mode, the forwarded address). Beyond it its "
+            "requests with such a sid are refused (503 Retry-After, close 1013) without "
+            "asking the database. Forged rtbus sids are refused without a query at all. 0 means "
+            "no limit.")),
+        Setting("session_lookup_budget_total", "int", 1200, check=COUNT,
+                flags=("--session-lookup-budget-total",), help=(
+            "The same budget for every client address together, per minute and per process, so "
+            "that a flood from many addresses cannot exhaust the connection pool either; 0 "
+            "means no limit.")),
         Setting("max_channels_per_subscription", "int", 1000, check=Range(1, 100000),
                 flags=("--max-channels-per-subscription",), help=(
             "Most channels one subscribe or poll may ask for; a longer list is refused.")),
+    ),
+    *_in_section(
+        "Cross-origin requests",
+        Setting("allowed_origins", "list", (), flags=("--allowed-origins",),
+                metavar="ORIGIN,...", help=(
+            "Origins (scheme://host[:port]) of the pages, besides the request's own origin, "
+            "whose requests may act with the visitor's session cookie (websocket, long-poll, "
+            "JSON-RPC); they may also read long-poll answers across origins (CORS). The page "
+            "on http_port of the same host is always allowed to use the gevent port.")),
+        Setting("cross_origin_sessions", "choice", "public", choices=("public", "refuse"),
+                flags=("--cross-origin-sessions",), help=(
+            "What a browser request gets when its Origin is neither its own nor allowed and "
+            "it carries the session cookie: public serves it as a visitor without a session "
+            "(Odoo's ODOO_BUS_PUBLIC_SAMESITE_WS, always on here), so that embedded public "
+            "widgets keep working; refuse answers 403. Requests without an Origin "
+            "(non-browser clients) are not concerned.")),
     ),
     *_in_section(
         "Presence",
@@ -806,7 +865,45 @@ def load_config(argv: list[str], environ: Mapping[str, str] | None = None, *,
         getattr(namespace, "_rtbus_given", []),
     ]
     values, sources = _merge(layers, notes)
+    _read_secret_files(values, sources)
+    _warn_secrets_on_command_line(sources, notes)
     return Invocation(Config(values, sources, notes, config_file), command, tuple(args))
+
+
+# Secret setting -> the setting naming a file that holds it.
+_SECRET_FILES = (("bus_api_key", "bus_api_key_file"),)
+
+
+def _read_secret_files(values: dict, sources: dict) -> None:
+    """Replace each secret that has a file setting by the first line of that file."""
+    for secret, file_setting in _SECRET_FILES:
+        path = values[file_setting]
+        if path is None:
+            continue
+        if values[secret] is not None:
+            raise ConfigError(f"{secret} ({sources[secret]}) and {file_setting} "
+                              f"({sources[file_setting]}) are both given; keep only one")
+        try:
+            with open(path, encoding="utf-8") as file:
+                value = file.readline().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {file_setting} {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{file_setting} {path} is not valid UTF-8") from None
+        if not value:
+            raise ConfigError(f"{file_setting} {path} is empty: its first line must hold {secret}")
+        values[secret] = value
+        sources[secret] = f"file {path} ({file_setting})"
+
+
+def _warn_secrets_on_command_line(sources: Mapping[str, str], notes: list[str]) -> None:
+    for setting in SETTINGS:
+        if setting.secret and sources[setting.name].startswith("command line"):
+            better = dict(_SECRET_FILES).get(setting.name)
+            instead = f"{better}, " if better else ""
+            notes.append(f"{setting.name} was given on the command line, which every local user "
+                         f"can read (ps) until the process retitles itself; use {instead}the "
+                         f"configuration file or RTBUS_{setting.name.upper()} instead")
 
 
 def _split_command(positionals: list[str], commands: tuple[str, ...],

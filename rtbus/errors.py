@@ -55,6 +55,27 @@ class Overloaded(RtbusError):
     """
 
 
+class UnknownDatabase(RtbusError):
+    """A request names (``?db=``) a database this server does not serve.
+
+    HTTP 404. The message never lists the databases that are served.
+    """
+
+
+class RequestTooLarge(RtbusError):
+    """A request body is larger than ``http_max_body_size`` (HTTP 413); reading stopped there."""
+
+
+class CrossOriginRefused(RtbusError):
+    """A browser page of a foreign origin sent the session cookie, and the deployment
+    refuses such requests (``cross_origin_sessions = refuse``): HTTP 403."""
+
+
+class LookupBudgetExceeded(Overloaded):
+    """A client address presented more unknown session ids than its lookup budget allows
+    (``session_lookup_budget``): refused without asking the database, retry later."""
+
+
 class ClusterError(RtbusError):
     """An embedded or throwaway PostgreSQL cluster could not be created, started or stopped."""
 
@@ -74,15 +95,29 @@ class WireOutcome:
     rpc_code: int = 200                       # JSON-RPC error code (Odoo's server error)
     rpc_message: str = "Odoo Server Error"
     rpc_name: str | None = None               # error.data.name; None: the exception's class
+    routine: bool = False     # a client's everyday mistake: logged at debug level, not as a warning
 
 
 # Ordered from most to least specific: the first matching class wins.
 WIRE_OUTCOMES: tuple[tuple[type[BaseException], WireOutcome], ...] = (
     (SessionExpired, WireOutcome(close_code=4001, http_status=200, close_reason="session expired",
                                  rpc_code=100, rpc_message="Odoo Session Expired",
-                                 rpc_name="odoo.http.SessionExpiredException")),
+                                 rpc_name="odoo.http.SessionExpiredException", routine=True)),
+    (UnknownDatabase, WireOutcome(close_code=1008, http_status=404, close_reason="unknown database",
+                                  rpc_code=404, rpc_message="404: Not Found",
+                                  rpc_name="werkzeug.exceptions.NotFound", routine=True)),
+    (RequestTooLarge, WireOutcome(close_code=1009, http_status=413, close_reason="message too big",
+                                  rpc_code=413, rpc_message="413: Request Entity Too Large",
+                                  rpc_name="werkzeug.exceptions.RequestEntityTooLarge",
+                                  routine=True)),
+    (CrossOriginRefused, WireOutcome(close_code=1008, http_status=403,
+                                     close_reason="cross-origin request refused",
+                                     rpc_code=403, rpc_message="403: Forbidden",
+                                     rpc_name="werkzeug.exceptions.Forbidden", routine=True)),
     (PoolError, WireOutcome(close_code=1013, http_status=503, retry_after=1,
                             close_reason="try again later")),
+    (LookupBudgetExceeded, WireOutcome(close_code=1013, http_status=503, retry_after=10,
+                                       close_reason="try again later", routine=True)),
     (Overloaded, WireOutcome(close_code=1013, http_status=503, retry_after=5,
                              close_reason="try again later")),
     (DatabaseUnavailable, WireOutcome(close_code=1013, http_status=503, retry_after=5,

@@ -22,10 +22,14 @@ import orjson
 from werkzeug.wrappers import Request, Response
 
 from rtbus import errors
+from rtbus.http.body import read_body
 
 _logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
+# The content types of a JSON-RPC call (Odoo's JSON-RPC dispatcher takes the same two).
+# Anything else is refused: a page on another site can POST text/plain, a form's types
+# or no type at all without a CORS preflight, but never application/json.
+JSON_TYPES = ("application/json", "application/json-rpc")
 
 
 class JsonRpcError(errors.RtbusError):
@@ -108,13 +112,14 @@ def _result_response(request_id, result) -> Response:
     return response
 
 
-def _read_call(request: Request) -> tuple[object, dict]:
-    """Return (id, params) of a JSON-RPC call, or raise ParseError/InvalidRequest."""
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise InvalidRequest(f"request body larger than {MAX_BODY_BYTES} bytes", http_status=413)
-    raw = request.get_data(cache=False)
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidRequest(f"request body larger than {MAX_BODY_BYTES} bytes", http_status=413)
+def _read_call(request: Request, max_body: int) -> tuple[object, dict]:
+    """Return (id, params) of a JSON-RPC call, or raise ParseError/InvalidRequest
+    (RequestTooLarge for a body over `max_body` bytes)."""
+    if request.mimetype not in JSON_TYPES:
+        shown = request.mimetype or "none"
+        raise InvalidRequest(f"a JSON-RPC call is sent as application/json, not as {shown:.60}",
+                             http_status=415)
+    raw = read_body(request, max_body)
     try:
         call = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -168,7 +173,7 @@ def jsonrpc_route(func=None, *, authorize=None):
                                      http_status=405, headers={"Allow": "POST"})
             if authorize is not None:
                 authorize(app, request)
-            request_id, params = _read_call(request)
+            request_id, params = _read_call(request, app.config.http_max_body_size)
             result = func(app, request, **route_args, **_bind(func, params))
             return _result_response(request_id, result)
         except JsonRpcError as exc:
@@ -181,9 +186,10 @@ def jsonrpc_route(func=None, *, authorize=None):
                 _logger.exception("error in %s", request.path)
                 return _response(error_body(request_id, outcome.rpc_code, outcome.rpc_message, name,
                                             "internal server error"), 500)
-            if not isinstance(exc, errors.SessionExpired):   # routine: logins and logouts
-                _logger.warning("%s: %s", request.path, exc)
+            _logger.log(logging.DEBUG if outcome.routine else logging.WARNING, "%s: %s", request.path, exc)
             headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
+            if outcome.http_status == 413:
+                headers = {**(headers or {}), "Connection": "close"}   # the rest is not read
             return _response(error_body(request_id, outcome.rpc_code, outcome.rpc_message, name, str(exc)),
                              outcome.http_status, headers)
     endpoint.jsonrpc = True

@@ -252,10 +252,12 @@ def test_get_on_jsonrpc_routes_is_405(port, route):
     assert status == 405 and headers["Allow"] == "POST"
 
 
-def test_unknown_database_is_invalid_params(port):
+def test_unknown_database_is_not_found_and_names_no_database(port, bus_db):
     status, _, body = post_json(port, "/bus/get_autovacuum_info?db=elsewhere", call())
-    assert status == 200 and body["error"]["code"] == -32602
-    assert "not served" in body["error"]["data"]["message"]
+    assert status == 404 and body["error"]["code"] == 404
+    assert body["error"]["data"]["name"] == "werkzeug.exceptions.NotFound"
+    assert body["error"]["data"]["message"] == "this server does not serve the database the request names"
+    assert bus_db not in orjson.dumps(body).decode()
 
 
 # -- a dead database ---------------------------------------------------------------------------

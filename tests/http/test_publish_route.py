@@ -95,7 +95,7 @@ def test_api_key_is_required(server):
     (orjson.dumps(call({"channel": "broadcast", "type": "x", "bogus": 1})), 200, -32602),
     (orjson.dumps(call({"channel": {"a": 1}, "type": "x"})), 200, -32602),
     (orjson.dumps(call({"notifications": "nope"})), 200, -32602),
-    (orjson.dumps(call({"channel": "broadcast", "type": "x", "db": "elsewhere"})), 200, -32602),
+    (orjson.dumps(call({"channel": "broadcast", "type": "x", "db": "elsewhere"})), 404, 404),
 ])
 def test_malformed_requests_get_jsonrpc_errors(server, payload, status, code):
     got_status, _, body = post(server.http_port, payload, AUTH)
