@@ -16,8 +16,7 @@ from werkzeug.wrappers import Request, Response
 from rtbus import errors
 from rtbus.db.connect import served_databases
 from rtbus.http import health, metrics_route, proxy, publish, session_routes, websocket_route
-from rtbus.http import bus_routes, demo, index_page, longpolling, static_files
-from rtbus.http.jsonrpc import InvalidParams
+from rtbus.http import bus_routes, cors, demo, index_page, longpolling, origin, static_files
 from rtbus.http.responses import error_response
 
 _logger = logging.getLogger(__name__)
@@ -36,6 +35,7 @@ class Application:
         self.pool = pool
         self.dispatcher = dispatcher
         self.databases = served_databases(config)
+        self.origins = origin.OriginPolicy.from_config(config, role)
         self.hub = None   # the websocket hub, set by the evented processes
         self.snapshots = None   # this process's metrics SnapshotWriter, set by the process
         self._publisher = None
@@ -59,6 +59,7 @@ class Application:
             Rule("/bus/session/rotate", endpoint=session_routes.rotate),
             Rule("/bus/session/revoke", endpoint=session_routes.revoke),
             Rule("/bus/groups", endpoint=session_routes.groups),
+            Rule("/longpolling/poll", endpoint=cors.preflight, methods=["OPTIONS"]),
             Rule("/longpolling/poll", endpoint=longpolling.poll),
             Rule("/websocket/peek_notifications", endpoint=bus_routes.peek_notifications),
             Rule("/websocket/on_closed", endpoint=bus_routes.on_closed),
@@ -135,11 +136,12 @@ class Application:
         return self._publisher
 
     def database(self, name: str | None) -> str:
-        """The served database a request names, or the first one; InvalidParams otherwise."""
+        """The served database a request names, or the first one; UnknownDatabase otherwise
+        (whose message names no database: which ones are served is nobody's business)."""
         if name is None:
             return self.databases[0]
         if name not in self.databases:
-            raise InvalidParams(f"database {name!r} is not served here (served: {', '.join(self.databases)})")
+            raise errors.UnknownDatabase("this server does not serve the database the request names")
         return name
 
     def close(self) -> None:
@@ -157,6 +159,11 @@ class Application:
             # Here, before anything reads the environ: routes, the websocket layer and
             # the access logs of both server kinds all see the real client.
             proxy.apply_forwarded(environ)
+        # Then, before anything reads the cookie: a foreign page's request never acts as
+        # the visitor's session (rtbus.http.origin).
+        refusal = self.origins.screen(environ)
+        if refusal is not None:
+            return refusal(environ, start_response)
         request = Request(environ)
         response = self.dispatch(request)
         return response(environ, start_response)
@@ -180,6 +187,7 @@ class Application:
             if outcome is errors.UNEXPECTED:
                 _logger.exception("error while serving %s %s", request.method, request.path)
                 return error_response(500, "internal server error")
-            _logger.warning("%s %s: %s", request.method, request.path, exc)
+            _logger.log(logging.DEBUG if outcome.routine else logging.WARNING, "%s %s: %s",
+                        request.method, request.path, exc)
             return error_response(outcome.http_status, str(exc), headers)
 

@@ -5,7 +5,8 @@ They let a page sign in and publish without ever seeing ``bus_api_key``:
 - ``/demo/session`` → ``{"uid", "partner_id", "name", "color", "created"}``. Keeps the
   browser's demo session when its ``session_id`` cookie still holds one; otherwise
   creates a demo user (a uid and a partner id of its own) with a session, sets the
-  cookie (HttpOnly) and announces ``demo/joined`` on ``demo.people``.
+  cookie (HttpOnly, SameSite=Lax, Secure behind https) and announces ``demo/joined`` on
+  ``demo.people``.
 - ``/demo/people`` → ``{"people": [{"uid", "partner_id", "name", "color", "status"}]}``,
   the demo users with a live session and their presence, online first.
 - ``/demo/publish`` ``{channel, text}`` → ``{"id"}``: one ``demo/message`` from the
@@ -23,6 +24,7 @@ import secrets
 from werkzeug.wrappers import Request, Response
 
 from rtbus.errors import SessionExpired
+from rtbus.http.cookies import set_session_cookie
 from rtbus.http.jsonrpc import InvalidParams, JsonRpcError, jsonrpc_route
 from rtbus.session import create_session, sid_from_cookie_header
 
@@ -75,7 +77,8 @@ def person(uid: int, partner_id: int, status: str | None = None) -> dict:
 
 
 def _current_demo_session(app, request: Request, dbname: str):
-    session = app.sessions.get(dbname, sid_from_cookie_header(request.environ))
+    session = app.sessions.get(dbname, sid_from_cookie_header(request.environ),
+                               client=request.remote_addr)
     return session if session is not None and is_demo_user(session.uid) else None
 
 
@@ -100,8 +103,7 @@ def session(app, request: Request) -> Response:
     response = _session(app, request)
     sid = request.environ.get("rtbus.demo.sid")
     if sid is not None and response.status_code == 200:
-        response.set_cookie("session_id", sid, max_age=DEMO_SESSION_TTL, path="/", httponly=True,
-                            samesite="Lax", secure=request.scheme == "https")
+        set_session_cookie(response, request, sid, DEMO_SESSION_TTL)
     return response
 
 

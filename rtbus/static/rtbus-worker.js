@@ -601,8 +601,9 @@ class BusWorker {
             try {
                 const response = await fetch(`${base}/longpolling/poll${query}`, {
                     method: "POST",
-                    // text/plain keeps it a simple request: no CORS preflight on the other port.
-                    headers: { "Content-Type": "text/plain" },
+                    // JSON-RPC routes take application/json only; on the other port the
+                    // browser preflights it once (the answer is cached for two hours).
+                    headers: { "Content-Type": "application/json" },
                     credentials: this.options.busUrl ? "include" : "same-origin",
                     body: JSON.stringify({ jsonrpc: "2.0", method: "call", id: ++id, params: {
                         channels, last: this.last,
