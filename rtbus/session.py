@@ -15,6 +15,10 @@ private channels.
 Transports re-check the session on every client message and before every dispatch
 (`SessionStore.check`). Checks are cached per process for at most
 `session_check_cache_seconds`, which bounds how late a revoke takes effect.
+
+Before a sid reaches the database, rtbus.session_guard applies its two rules: a sid
+rtbus issued must carry a valid MAC (a forged one is refused without a query), and
+look-ups of any other sid are budgeted per client address.
 """
 
 from __future__ import annotations
@@ -31,13 +35,13 @@ from collections.abc import Iterable, Mapping
 import psycopg2.extensions
 import psycopg2.extras
 
-from rtbus.errors import RtbusError, SessionExpired  # noqa: F401  (re-exported)
+from rtbus.errors import LookupBudgetExceeded, RtbusError, SessionExpired  # noqa: F401
+from rtbus.session_guard import SessionGuard
 
 logger = logging.getLogger("rtbus.session")
 
 COOKIE_NAME = "session_id"          # Odoo's cookie
 DEFAULT_TTL = 7 * 86400             # Odoo's session lifetime
-DEFAULT_CACHE_SECONDS = 10.0
 # What the rtbus_session NOTIFY carries of a sid (migration 0004): enough to find
 # the cache entry, never the whole bearer credential.
 SID_PREFIX_LENGTH = 16
@@ -243,27 +247,41 @@ class SessionStore:
     Thread-safe (and greenlet-safe under gevent's monkey-patching). A positive check
     is reused for at most `session_check_cache_seconds` (and never past the session's
     expiry); invalid sids are not cached. `cache_size` bounds the entries (least
-    recently used evicted first).
+    recently used evicted first). `config` (a Config; None: the defaults) also gives
+    the look-up budget of `guard`, made from it when not given.
     """
 
     CACHE_SIZE = 10_000
 
     def __init__(self, pool, config=None, *, cache_size: int | None = None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, guard: SessionGuard | None = None):
+        if config is None:
+            from rtbus.config import Config
+            config = Config.defaults()
         self.pool = pool
-        self.cache_seconds = float(getattr(config, "session_check_cache_seconds",
-                                           DEFAULT_CACHE_SECONDS))
+        self.cache_seconds = float(config.session_check_cache_seconds)
         self.cache_size = self.CACHE_SIZE if cache_size is None else int(cache_size)
+        self.guard = guard if guard is not None else SessionGuard.from_config(pool, config)
         self._clock = clock
         self._lock = threading.Lock()
         self._cache: collections.OrderedDict[tuple[str, str], _Cached] = collections.OrderedDict()
-        self._counters = dict.fromkeys(("hits", "misses", "refused", "evictions", "invalidations"), 0)
+        self._counters = dict.fromkeys(("hits", "misses", "refused", "forged", "over_budget",
+                                        "evictions", "invalidations", "lookups"), 0)
 
     # -- lookups -------------------------------------------------------------------------
 
-    def get(self, dbname: str, sid: str | None) -> Session | None:
-        """The valid session `sid` of `dbname`, or None when it is malformed, missing,
-        expired, revoked or rotated. Raises PoolError and psycopg2 errors."""
+    def get(self, dbname: str, sid: str | None, *, client: str | None = None) -> Session | None:
+        """The valid session `sid` of `dbname`, or None when it is malformed, forged,
+        missing, expired, revoked or rotated.
+
+        `client` is the address of the client presenting `sid` (None: an unknown one),
+        whose look-up budget pays for a sid rtbus did not sign. Raises
+        LookupBudgetExceeded when that budget is spent, PoolError and psycopg2 errors.
+        """
+        return self._get(dbname, sid, client=client, budgeted=True)
+
+    def _get(self, dbname: str, sid: str | None, *, client: str | None,
+             budgeted: bool) -> Session | None:
         if not isinstance(sid, str) or not _SID.fullmatch(sid):
             self._count("refused")
             return None
@@ -278,10 +296,26 @@ class SessionStore:
                     return cached.session
                 del self._cache[key]
             self._counters["misses"] += 1
-        session, seconds_left = self._fetch(dbname, sid)
+        signed = self.guard.signed(dbname, sid)
+        if signed is False:
+            self._count("forged")
+            return None
+        charged = budgeted and signed is None
+        if charged and not self.guard.budget.take(client):
+            self._count("over_budget")
+            raise LookupBudgetExceeded("too many unknown session ids from this address; "
+                                       "retry later")
+        try:
+            session, seconds_left = self._fetch(dbname, sid)
+        except BaseException:
+            if charged:
+                self.guard.budget.give_back(client)
+            raise
         if session is None:
             self._count("refused")
             return None
+        if charged:
+            self.guard.budget.give_back(client)
         self._remember(key, session, now + min(self.cache_seconds, seconds_left))
         return session
 
@@ -289,15 +323,16 @@ class SessionStore:
         """The session of a visitor without a cookie: no user, no partner, no groups."""
         return Session(sid=None, dbname=dbname, uid=None, partner_id=None, group_ids=())
 
-    def authenticate(self, dbname: str, sid: str | None) -> Session:
-        """The session a new connection or request runs as.
+    def authenticate(self, dbname: str, sid: str | None, *, client: str | None = None) -> Session:
+        """The session a new connection or request from `client` (an address) runs as.
 
         No sid (no cookie): the public session. A sid: its valid session, else
-        SessionExpired (a stale cookie is refused, not downgraded to public).
+        SessionExpired (a stale cookie is refused, not downgraded to public);
+        LookupBudgetExceeded when `client` presented too many unknown sids.
         """
         if not sid:
             return self.public(dbname)
-        session = self.get(dbname, sid)
+        session = self.get(dbname, sid, client=client)
         if session is None:
             raise SessionExpired("session expired")
         return session
@@ -311,12 +346,14 @@ class SessionStore:
         """
         if session.sid is None:
             return session
-        current = self.get(session.dbname, session.sid)
+        # Never budgeted: this sid already proved itself when the connection began.
+        current = self._get(session.dbname, session.sid, client=None, budgeted=False)
         if current is None:
             raise SessionExpired("session expired")
         return current
 
-    def check_poll(self, dbname: str, sid: str | None, is_first_poll: bool) -> Session:
+    def check_poll(self, dbname: str, sid: str | None, is_first_poll: bool, *,
+                   client: str | None = None) -> Session:
         """The session of a `/websocket/peek_notifications` call (Odoo's rule).
 
         The first poll marks the session as a websocket session; a later poll of a
@@ -324,7 +361,7 @@ class SessionStore:
         (the cookie now names another session): SessionExpired. Public visitors
         without a cookie have nothing to expire and always pass.
         """
-        session = self.authenticate(dbname, sid)
+        session = self.authenticate(dbname, sid, client=client)
         if session.sid is None:
             return session
         if is_first_poll:
@@ -390,13 +427,16 @@ class SessionStore:
         self._count("invalidations")
 
     def stats(self) -> dict:
-        """Cache counters (hits, misses, refused, evictions) and its current size."""
+        """Counters (hits, misses, lookups: the queries made; refused: malformed or not
+        found, forged: a wrong MAC, over_budget: refused unasked; evictions,
+        invalidations) and the cache's current size."""
         with self._lock:
             return {**self._counters, "cached": len(self._cache)}
 
     # -- internals -----------------------------------------------------------------------
 
     def _fetch(self, dbname: str, sid: str) -> tuple[Session | None, float]:
+        self._count("lookups")
         with self.pool.connection(dbname) as conn:
             with conn.cursor() as cur:
                 cur.execute(_LOOKUP, (sid,))

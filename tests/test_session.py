@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import re
 import threading
-import types
 
 import psycopg2
 import pytest
 
+from rtbus.config import Config
 from rtbus.db.pool import ConnectionPool
 from rtbus.session import (COOKIE_NAME, Session, SessionExpired, SessionNotFound, SessionStore,
                            create_session, gc_sessions, revoke_session, revoke_user_sessions,
                            rotate_session, set_groups, sid_from_cookie_header)
 
-SID = re.compile(r"[A-Za-z0-9_-]{64}")
+SID = re.compile(r"rb1_[A-Za-z0-9_-]{64}")    # signed (migration 0005)
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ class FakeClock:
 
 
 def store_for(pool, cache_seconds=1.0, **kwargs) -> SessionStore:
-    return SessionStore(pool, types.SimpleNamespace(session_check_cache_seconds=cache_seconds),
+    return SessionStore(pool, Config.defaults().replace(session_check_cache_seconds=cache_seconds),
                         **kwargs)
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-import types
 
+from rtbus.config import Config
 from rtbus.bus.dispatch import ImDispatch
 from rtbus.db.pool import ConnectionPool
 from rtbus.session import (NOTIFY_CHANNEL, SID_PREFIX_LENGTH, SessionStore, create_session,
@@ -23,7 +23,7 @@ def test_changes_notify_a_sid_prefix_and_the_cache_forgets_it(pg_cluster, schema
     dispatcher = ImDispatch(lambda db: pg_cluster.connect_kwargs(db), [schema_db])
     dispatcher.listen(NOTIFY_CHANNEL, on_notify)
     pool = ConnectionPool("test", 2, {k: v for k, v in pg_cluster.connect_kwargs().items() if k != "dbname"})
-    store = SessionStore(pool, types.SimpleNamespace(session_check_cache_seconds=60))
+    store = SessionStore(pool, Config.defaults().replace(session_check_cache_seconds=60))
     conn = pg_cluster.connect(schema_db)
     try:
         assert dispatcher.start(wait=10)

@@ -74,7 +74,7 @@ def peek_notifications(app, request: Request, *, channels, last=0, is_first_poll
     last = _id_param(last, "last")
     dbname = _dbname(app, request)
     session = app.sessions.check_poll(dbname, sid_from_cookie_header(request.environ),
-                                      is_first_poll)
+                                      is_first_poll, client=request.remote_addr)
     try:
         subscription = authorize(session, channels, app.policy)
     except ValueError as exc:
@@ -108,7 +108,8 @@ def _read_notifications(app, dbname: str, channels, last: int) -> list[dict]:
 def on_closed(app, request: Request):
     dbname = _dbname(app, request)
     try:
-        session = app.sessions.authenticate(dbname, sid_from_cookie_header(request.environ))
+        session = app.sessions.authenticate(dbname, sid_from_cookie_header(request.environ),
+                                             client=request.remote_addr)
     except SessionExpired:
         return None      # signed out already: nobody to mark offline
     if not session.is_public:

@@ -59,7 +59,8 @@ def _poll(app, request: Request, *, channels, last=0, options=None):
     dbname = app.database(request.args.get("db"))
     last = _check_last(last)
     options = _check_options(options)
-    session = app.sessions.authenticate(dbname, sid_from_cookie_header(request.environ))
+    session = app.sessions.authenticate(dbname, sid_from_cookie_header(request.environ),
+                                         client=request.remote_addr)
     try:
         subscription = authorize(session, channels, app.policy)
     except ValueError as exc:

@@ -43,7 +43,8 @@ def websocket(app, request: Request) -> Response:
     outdated = handshake.is_outdated(request.args.get("version"), request.headers.get("User-Agent"))
     expired = False
     try:
-        session = app.sessions.authenticate(dbname, sid_from_cookie_header(request.environ))
+        session = app.sessions.authenticate(dbname, sid_from_cookie_header(request.environ),
+                                             client=request.remote_addr)
     except SessionExpired:
         # Accepted, then closed with 4001: the client waits for a new session.
         session, expired = app.sessions.public(dbname), True

@@ -44,8 +44,23 @@ def pool_figures(*pools) -> dict:
                             ("rtbus_pool_waits_total", "waits"),
                             ("rtbus_pool_wait_seconds_total", "wait_seconds_total"),
                             ("rtbus_pool_errors_total", "pool_errors"),
-                            ("rtbus_pool_connects_total", "connects")):
+                            ("rtbus_pool_connects_total", "connects"),
+                            ("rtbus_pool_dead_connections_total", "dead")):
             figures.setdefault(family, {})[name] = stats[key]
+    return figures
+
+
+def session_figures(app) -> dict:
+    """The session checks and the Origin rule of a process's Application."""
+    if app is None:
+        return {}
+    figures = {"rtbus_cross_origin_requests_total": dict(app.origins.counters)}
+    sessions = getattr(app, "_sessions", None)     # never created here
+    if sessions is not None:
+        stats = sessions.stats()
+        figures["rtbus_session_lookups_total"] = stats["lookups"]
+        figures["rtbus_session_refusals_total"] = {
+            "invalid": stats["refused"], "forged": stats["forged"], "over_budget": stats["over_budget"]}
     return figures
 
 
@@ -143,12 +158,14 @@ def evented_figures(server) -> dict:
     return merge(process_figures(),
                  pool_figures(server.pool, getattr(server, "cron_pool", None)),
                  hub_figures(server.hub), longpoll_figures(app),
-                 dispatcher_figures(server.dispatcher), notifier_figures(*app_notifiers(app)))
+                 dispatcher_figures(server.dispatcher), notifier_figures(*app_notifiers(app)),
+                 session_figures(app))
 
 
 def worker_figures(pool, app=None, requests: int | None = None) -> dict:
     """Everything an HTTP or cron worker has."""
-    figures = merge(process_figures(), pool_figures(pool), notifier_figures(*app_notifiers(app)))
+    figures = merge(process_figures(), pool_figures(pool), notifier_figures(*app_notifiers(app)),
+                    session_figures(app))
     if requests is not None:
         figures["rtbus_http_requests_total"] = requests
     return figures

@@ -40,6 +40,18 @@ _FAMILIES = (
            "PoolErrors: borrowers that got no connection in time (HTTP 503, close 1013).", "pool"),
     Family("rtbus_pool_connects_total", "counter", "New PostgreSQL connections opened by the pool.",
            "pool"),
+    Family("rtbus_pool_dead_connections_total", "counter",
+           "Idle pooled connections found dead when lent (their server vanished or ended the "
+           "session) and replaced.", "pool"),
+    # -- sessions and origins -----------------------------------------------------------
+    Family("rtbus_session_lookups_total", "counter", "Session checks that queried the database."),
+    Family("rtbus_session_refusals_total", "counter",
+           "Session ids refused, by reason: invalid (malformed, or no valid session), forged "
+           "(an rtbus sid with a wrong MAC; no query), over_budget (the client's look-up budget "
+           "was spent; no query).", "reason"),
+    Family("rtbus_cross_origin_requests_total", "counter",
+           "Requests from a foreign Origin carrying the session cookie, by outcome: downgraded "
+           "(served as public) or refused (403).", "outcome"),
     # -- websockets and long-polls (evented processes) ------------------------------------
     Family("rtbus_websockets_open", "gauge", "Open websocket connections."),
     Family("rtbus_websockets_opened_total", "counter", "Websocket connections accepted."),
