@@ -48,8 +48,31 @@ def connect_kwargs(config, *, dbname: str, application_name: str) -> dict:
     if kwargs.get("connect_timeout"):
         # libpq takes whole seconds, 0 meaning forever: round up so 0.5 stays bounded.
         kwargs["connect_timeout"] = math.ceil(float(kwargs["connect_timeout"]))
+    kwargs.update(keepalive_kwargs(config))
     kwargs["dbname"] = dbname
     kwargs["application_name"] = application_name
+    return kwargs
+
+
+def keepalive_kwargs(config) -> dict:
+    """libpq's TCP liveness options from the db_keepalives_* and db_tcp_user_timeout settings.
+
+    A server that vanishes without closing (power loss, a partition, a failover that
+    moved its address) sends neither FIN nor RST: without these a LISTEN connection
+    would wait for a notification for ever and a pooled one would fail only at its next
+    query. Settings at 0 (or absent) keep libpq's and the system's defaults. libpq
+    ignores them on Unix sockets.
+    """
+    kwargs = {"keepalives": 1}
+    for attribute, keyword in (("db_keepalives_idle", "keepalives_idle"),
+                               ("db_keepalives_interval", "keepalives_interval"),
+                               ("db_keepalives_count", "keepalives_count")):
+        value = getattr(config, attribute, 0)
+        if value:
+            kwargs[keyword] = int(value)
+    user_timeout = milliseconds(getattr(config, "db_tcp_user_timeout", 0.0))
+    if user_timeout:
+        kwargs["tcp_user_timeout"] = user_timeout
     return kwargs
 
 

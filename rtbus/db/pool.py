@@ -16,6 +16,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import select
 import threading
 import time
 from typing import Callable
@@ -85,7 +86,7 @@ class ConnectionPool:
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._generation = 0                     # bumped by close_all(): older connections are not reused
         self._counters = dict.fromkeys(
-            ("borrows", "waits", "pool_errors", "connects", "discards"), 0)
+            ("borrows", "waits", "pool_errors", "connects", "discards", "dead"), 0)
         self._wait_seconds_total = 0.0
         self._last_warning = float("-inf")
         self._suppressed_warnings = 0
@@ -122,7 +123,21 @@ class ConnectionPool:
         Waits at most `timeout` seconds (default: the pool's) when all `maxconn`
         connections are in use. Raises PoolError when the wait times out or the queue
         of waiters is full, and psycopg2 errors when a new connection cannot be opened.
+        A connection whose server is gone (its socket reports an error or an end of
+        stream, as TCP keepalives make it do for a server that vanished) is discarded
+        and another one lent, so the borrower's first query does not fail on it.
         """
+        while True:
+            conn = self._borrow(dbname, timeout)
+            if _still_connected(conn):
+                return conn
+            with self._lock:
+                self._counters["dead"] += 1
+            logger.debug("pool %r: discarded a connection to %s whose server is gone",
+                         self.name, dbname)
+            self.give_back(conn, discard=True)
+
+    def _borrow(self, dbname: str, timeout: float | None):
         timeout = self.timeout if timeout is None else timeout
         to_close: list = []
         try:
@@ -354,6 +369,23 @@ def _reset(conn) -> bool:
     except psycopg2.Error:
         return False
     return True
+
+
+def _still_connected(conn) -> bool:
+    """False when the socket of a connection idle on our side reports anything.
+
+    Between two statements the server has nothing to say: a readable socket means an end
+    of stream, an error (a keepalive that went unanswered) or the server's last words
+    before it closed the session. The check does not wait (timeout 0).
+    """
+    if conn.closed:
+        return False
+    try:
+        fd = conn.fileno()
+        readable, _, failed = select.select([fd], [], [fd], 0)
+    except (OSError, ValueError, psycopg2.Error):
+        return False
+    return not readable and not failed
 
 
 def _is_fatal(exc: psycopg2.Error) -> bool:

@@ -20,10 +20,20 @@ def test_connect_kwargs_omit_unset_settings():
     config = load_config([], environ={}).config.replace(db_host="db.example", db_user="bus")
     assert connect.connect_kwargs(config, dbname="rtbus", application_name="rtbus-test") == {
         "host": "db.example", "user": "bus", "sslmode": "prefer", "connect_timeout": 5,
-        "dbname": "rtbus", "application_name": "rtbus-test"}
+        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3, "keepalives_count": 3,
+        "tcp_user_timeout": 20000, "dbname": "rtbus", "application_name": "rtbus-test"}
     forever = config.replace(db_connect_timeout=0, db_port=6432, db_password="secret")
     kwargs = connect.connect_kwargs(forever, dbname="x", application_name="y")
     assert (kwargs["connect_timeout"], kwargs["port"], kwargs["password"]) == (0, 6432, "secret")
+
+
+def test_keepalive_settings_at_zero_keep_the_system_defaults():
+    config = load_config([], environ={}).config.replace(
+        db_keepalives_idle=0, db_keepalives_interval=0, db_keepalives_count=0, db_tcp_user_timeout=0)
+    kwargs = connect.connect_kwargs(config, dbname="x", application_name="y")
+    assert kwargs["keepalives"] == 1
+    assert not {"keepalives_idle", "keepalives_interval", "keepalives_count",
+                "tcp_user_timeout"} & set(kwargs)
 
 
 @pytest.mark.parametrize("db_name, expected", [

@@ -198,14 +198,39 @@ def test_waiter_for_another_database_gets_the_freed_slot(make_pool, fresh_db):
     pool.give_back(got[0])
 
 
-def test_terminated_backend_is_discarded_not_reused(make_pool, pg_cluster, fresh_db):
+def terminate(pg_cluster, pid: int) -> None:
+    """End backend `pid` and wait until it is gone (pg_terminate_backend only signals it)."""
+    with pg_cluster.connect() as admin, admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        admin.commit()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+            admin.commit()
+            if cur.fetchone()[0] == 0:
+                return
+            time.sleep(0.02)
+    pytest.fail(f"backend {pid} still there 10 s after pg_terminate_backend")
+
+
+def test_idle_connection_whose_backend_ended_is_replaced_at_borrow(make_pool, pg_cluster, fresh_db):
     pool = make_pool()
     with pool.connection(fresh_db) as conn:
         old_pid = backend_pid(conn)
-    with pg_cluster.connect() as admin, admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
+    terminate(pg_cluster, old_pid)
+    with pool.connection(fresh_db) as conn:       # no error: the dead one is noticed first
+        assert backend_pid(conn) != old_pid
+    stats = pool.stats()
+    assert (stats["dead"], stats["discards"], stats["connects"]) == (1, 1, 2)
+    assert (stats["in_use"], stats["idle"]) == (0, 1)
+
+
+def test_connection_broken_while_lent_is_discarded_not_reused(make_pool, pg_cluster, fresh_db):
+    pool = make_pool()
     with pytest.raises(psycopg2.OperationalError):
         with pool.connection(fresh_db) as conn:
+            old_pid = backend_pid(conn)
+            terminate(pg_cluster, old_pid)
             backend_pid(conn)
     assert pool.stats()["discards"] == 1
     with pool.connection(fresh_db) as conn:
