@@ -86,6 +86,8 @@ def _serve_prefork(config, argv) -> int:
     from rtbus.service.bootstrap import open_database
     from rtbus.service.master import Master
 
+    # The command line may carry a secret (--bus-api-key): out of ps before anything slow.
+    process.set_title("rtbus: master")
     log_notes(_logger, config.notes)
     database = open_database(config, budget=True)
     try:

@@ -475,7 +475,8 @@ def test_json_round_trip(conf):
                   {"PGHOST": "db"}).replace(graceful_timeout=3)
     copy = Config.from_json(config.to_json())
     assert copy == config
-    assert copy.notes == config.notes and len(copy.notes) == 2
+    assert copy.notes == config.notes and len(copy.notes) == 3
+    assert "db_password was given on the command line" in copy.notes[-1]
     assert copy.config_file == path
     assert [copy.source(s.name) for s in SETTINGS] == [config.source(s.name) for s in SETTINGS]
     assert copy.db_password == "pw" and copy.limit_memory_soft == 1024 * MIB
