@@ -121,15 +121,22 @@ class LookupBudget:
         with self._lock:
             bucket = self._client_locked(key, now)
             self._refill(self._total, self.total, now)
-            if (bucket is not None and bucket.tokens < 1) or (self.total and self._total.tokens < 1):
-                self.refusals += 1
-                self._warn_locked(key, now)
-                return False
-            if bucket is not None:
-                bucket.tokens -= 1
-            if self.total:
-                self._total.tokens -= 1
-            return True
+            granted = not ((bucket is not None and bucket.tokens < 1)
+                           or (self.total and self._total.tokens < 1))
+            if granted:
+                if bucket is not None:
+                    bucket.tokens -= 1
+                if self.total:
+                    self._total.tokens -= 1
+                return True
+            self.refusals += 1
+            unwarned = self._unwarned_locked(now)
+        if unwarned:
+            logger.warning("session look-up budget spent: refused %d request(s) with unknown session "
+                           "ids since the last warning without asking the database (last from %s; "
+                           "session_lookup_budget %d/min per client, %d/min in all)",
+                           unwarned, key, self.per_client, self.total)
+        return False
 
     def give_back(self, client: str | None) -> None:
         """Return the look-up taken for `client` (it found a session)."""
@@ -160,15 +167,13 @@ class LookupBudget:
             bucket.tokens = min(float(per_minute), bucket.tokens + (now - bucket.stamp) * per_minute / 60.0)
         bucket.stamp = now
 
-    def _warn_locked(self, key: str, now: float) -> None:
+    def _unwarned_locked(self, now: float) -> int:
+        """Count a refusal; return how many to report now (0 within WARNING_INTERVAL)."""
         self._unwarned += 1
         if now - self._last_warning < WARNING_INTERVAL:
-            return
+            return 0
         count, self._unwarned, self._last_warning = self._unwarned, 0, now
-        logger.warning("session look-up budget spent: refused %d request(s) with unknown session ids "
-                       "since the last warning without asking the database (last from %s; "
-                       "session_lookup_budget %d/min per client, %d/min in all)",
-                       count, key, self.per_client, self.total)
+        return count
 
 
 class SessionGuard:
