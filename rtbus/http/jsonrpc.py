@@ -117,8 +117,10 @@ def _read_call(request: Request, max_body: int) -> tuple[object, dict]:
     (RequestTooLarge for a body over `max_body` bytes)."""
     if request.mimetype not in JSON_TYPES:
         shown = request.mimetype or "none"
-        raise InvalidRequest(f"a JSON-RPC call is sent as application/json, not as {shown:.60}",
-                             http_status=415)
+        # Odoo answers the same mismatch 400 ("Request inferred type is compatible with
+        # http but ... is type='jsonrpc'"): the status is Odoo's, the sentence ours.
+        raise InvalidRequest(f"{request.path} is a JSON-RPC route: send the call as "
+                             f"application/json, not as {shown:.60}", http_status=400)
     raw = read_body(request, max_body)
     try:
         call = orjson.loads(raw)

@@ -199,7 +199,7 @@ def test_json_rpc_refuses_bodies_a_foreign_page_can_send_without_preflight(serve
         while chunk := sock.recv(65536):
             answer += chunk
         sock.close()
-        assert re.match(rb"HTTP/1\.[01] 415 ", answer), answer[:200]
+        assert re.match(rb"HTTP/1\.[01] 400 ", answer), answer[:200]
         assert b"application/json" in answer and b"Traceback" not in answer
 
 
