@@ -163,8 +163,8 @@ class Frame:
         return frame
 
 
-# (opcode, fin, payload length) -> None, or raises ProtocolError.
-HeaderCheck = Callable[[Opcode, bool, int], None]
+# (opcode, fin, rsv1, payload length) -> None, or raises ProtocolError.
+HeaderCheck = Callable[[Opcode, bool, bool, int], None]
 
 
 class FrameParser:
@@ -172,23 +172,27 @@ class FrameParser:
 
     `max_frame_size` bounds a frame's payload; the check runs on the declared length as
     soon as the header is complete, so an oversized payload is never buffered.
-    `require_mask` (server side) refuses unmasked frames. `check_header`, when given, is
-    called with (opcode, fin, length) for every header that passed these checks, before
-    its payload is buffered; it may raise ProtocolError (the connection uses it to check
-    fragment order and the running message size).
+    `require_mask` (server side) refuses unmasked frames. `allow_rsv1` (permessage-deflate
+    was negotiated) lets the first frame of a data message carry RSV1, "compressed"; it
+    stays an error on control frames and continuations (RFC 7692 §6.1), and RSV2/RSV3
+    always are. `check_header`, when given, is called with (opcode, fin, rsv1, length) for
+    every header that passed these checks, before its payload is buffered; it may raise
+    ProtocolError (the connection uses it to check fragment order and the running message
+    size).
 
     Errors are raised as ProtocolError with the close code to use. After an error the
     parser's state is undefined: the connection is over.
     """
 
     def __init__(self, max_frame_size: int, require_mask: bool = True,
-                 check_header: HeaderCheck | None = None):
+                 check_header: HeaderCheck | None = None, allow_rsv1: bool = False):
         self.max_frame_size = max_frame_size
         self.require_mask = require_mask
         self.check_header = check_header
+        self.allow_rsv1 = allow_rsv1
         self._buffer = bytearray()
-        # (fin, opcode, length, mask) of the frame whose payload is awaited, if any.
-        self._header: tuple[bool, Opcode, int, bytes | None] | None = None
+        # (fin, opcode, length, mask, rsv1) of the frame whose payload is awaited, if any.
+        self._header: tuple[bool, Opcode, int, bytes | None, bool] | None = None
 
     @property
     def buffered(self) -> int:
@@ -219,7 +223,7 @@ class FrameParser:
             header = self._header = self._read_header()
             if header is None:
                 return None
-        fin, opcode, length, mask = header
+        fin, opcode, length, mask, rsv1 = header
         buffer = self._buffer
         if len(buffer) < length:
             return None
@@ -231,9 +235,14 @@ class FrameParser:
                 payload = apply_mask(part, mask)
         del buffer[:length]   # CPython drops a bytearray's head without moving the tail
         self._header = None
-        return Frame(fin, opcode, payload)
+        return Frame(fin, opcode, payload, rsv1)
 
-    def _read_header(self) -> tuple[bool, Opcode, int, bytes | None] | None:
+    def clear(self) -> None:
+        """Forget every buffered byte (the connection is over; release the memory now)."""
+        self._buffer = bytearray()
+        self._header = None
+
+    def _read_header(self) -> tuple[bool, Opcode, int, bytes | None, bool] | None:
         """Validate and consume the header at the head of the buffer, or return None
         while it is incomplete. Every check that needs only the bytes seen so far runs
         at once, so a bad frame is refused before the rest of its header arrives."""
@@ -246,12 +255,18 @@ class FrameParser:
         length = second & 0x7F
         if self.require_mask and not masked:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "frames from the client must be masked")
-        if first & 0x70:
+        rsv1 = bool(first & 0x40)
+        if first & 0x30 or (rsv1 and not self.allow_rsv1):
             raise ProtocolError(CloseCode.PROTOCOL_ERROR,
-                                "reserved bits must be zero: no extension was negotiated")
+                                "reserved bits must be zero: no extension using them was "
+                                "negotiated")
         opcode = _OPCODES.get(first & 0x0F)
         if opcode is None:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {first & 0x0F:#x}")
+        if rsv1 and (opcode in CONTROL_OPCODES or opcode is Opcode.CONTINUATION):
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR,
+                                f"RSV1 (compressed) is set on a {opcode.name} frame: only the "
+                                "first frame of a data message may carry it")
         if opcode in CONTROL_OPCODES:
             if not fin:
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR,
@@ -279,7 +294,7 @@ class FrameParser:
                                 f"{self.max_frame_size}")
         if self.check_header is not None:
             # Pure check, so it is harmless when an incomplete mask makes us come back.
-            self.check_header(opcode, fin, length)
+            self.check_header(opcode, fin, rsv1, length)
         mask = None
         if masked:
             if len(buffer) < size + 4:
@@ -287,7 +302,7 @@ class FrameParser:
             mask = bytes(buffer[size:size + 4])
             size += 4
         del buffer[:size]
-        return fin, opcode, length, mask
+        return fin, opcode, length, mask, rsv1
 
 
 def encode_close(code: int, reason: str = "") -> bytes:

@@ -94,16 +94,21 @@ def check_request(method: str, headers: Mapping[str, str]) -> str:
     return key
 
 
-def response_headers(key: str) -> list[tuple[str, str]]:
+def response_headers(key: str, extensions: str | None = None) -> list[tuple[str, str]]:
     """Return the headers of the 101 Switching Protocols answer to `key`.
 
-    No subprotocol and no extension is negotiated, so frames never carry RSV bits.
+    `extensions` is the negotiated Sec-WebSocket-Extensions value (permessage-deflate's
+    answer, see rtbus.websocket.deflate.negotiate), or None: then frames never carry RSV
+    bits. No subprotocol is negotiated.
     """
-    return [
+    headers = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
         ("Sec-WebSocket-Accept", accept_key(key)),
     ]
+    if extensions:
+        headers.append(("Sec-WebSocket-Extensions", extensions))
+    return headers
 
 
 def is_outdated(version: str | None, user_agent: str | None) -> bool:

@@ -13,6 +13,9 @@ import dataclasses
 import enum
 
 from rtbus.errors import RtbusError
+from rtbus.websocket.budget import ReceiveBudget
+from rtbus.websocket.deflate import (INFLATER_COST, DeflateParams, MessageInflater,
+                                     OutgoingMessage, compressed_size_limit)
 from rtbus.websocket.frames import (
     CONTROL_OPCODES,
     CloseCode,
@@ -103,14 +106,27 @@ class ServerProtocol:
     Messages above `max_message_size` bytes (the sum of their fragments) are refused with
     1009 as soon as a frame header announces the excess, before its payload is read.
 
+    `deflate` is what permessage-deflate negotiation agreed, or None. With it, compressed
+    client messages are inflated, each from an empty window, and their inflated size is
+    held to `max_message_size` (their compressed size to about as much); `send_message`
+    sends compressed frames. `budget`, when given, is the process-wide ReceiveBudget that
+    the bytes held between two `receive_data` calls (an incomplete frame, the fragments of
+    a message, an inflater) are charged to; when it is exhausted the connection fails
+    with 1013 and gives back what it held. Call `discard_input` when the transport ends
+    without a closing handshake, so that the budget gets those bytes back.
+
     After our close is sent (state CLOSING), messages still in flight from the peer are
     reported until its close arrives; whether to act on them is the caller's choice.
     `frames_received` counts every complete frame, control frames included, for the
     rate limit.
     """
 
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE):
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, *,
+                 deflate: DeflateParams | None = None, budget: ReceiveBudget | None = None):
         self.max_message_size = max_message_size
+        self.deflate = deflate
+        self._budget = budget
+        self._reserved = 0                    # bytes charged to the budget now
         self.state = State.OPEN
         self.close_sent = False
         self.close_received = False
@@ -120,11 +136,16 @@ class ServerProtocol:
         self._failed = False
         self._outgoing: list[bytes] = []
         # A single frame can never exceed a message, hence the same limit for both.
-        self._parser = FrameParser(max_message_size, require_mask=True,
-                                   check_header=self._check_header)
+        self._compressed_limit = (compressed_size_limit(max_message_size) if deflate is not None
+                                  else max_message_size)
+        self._parser = FrameParser(self._compressed_limit, require_mask=True,
+                                   check_header=self._check_header,
+                                   allow_rsv1=deflate is not None)
         # The fragmented message being assembled, if any.
         self._message_opcode: Opcode | None = None
-        self._message_size = 0
+        self._message_size = 0                # its bytes so far, inflated
+        self._wire_size = 0                   # the same, as received
+        self._inflater: MessageInflater | None = None   # while a compressed one is received
         self._fragments: list[bytes] = []
         self._text_parts: list[str] = []
         self._decoder: codecs.IncrementalDecoder | None = None
@@ -154,24 +175,61 @@ class ServerProtocol:
                     events.append(event)
         except ProtocolError as exc:
             events.append(self._fail(exc.code, exc.reason))
+        if self.close_received or self._failed:
+            self.discard_input()
+        elif self._budget is not None:
+            self._charge_budget(events)
         return events
 
-    def _check_header(self, opcode: Opcode, fin: bool, length: int) -> None:
+    def discard_input(self) -> None:
+        """Drop every byte held for messages not yet complete, and give them back to the
+        budget. The protocol reads nothing more afterwards; calling it again does nothing."""
+        self._parser.clear()
+        self._fragments = []
+        self._text_parts = []
+        self._decoder = None
+        self._inflater = None
+        if self._reserved:
+            self._budget.release(self._reserved)
+            self._reserved = 0
+
+    def _charge_budget(self, events: list[Event]) -> None:
+        held = self._parser.buffered + self._message_size
+        if self._inflater is not None:
+            held += INFLATER_COST
+        more = held - self._reserved
+        if more > 0 and not self._budget.reserve(more):
+            events.append(self._fail(
+                CloseCode.TRY_LATER,
+                f"server busy: partially received messages would pass the "
+                f"{self._budget.limit} bytes this process allows"))
+            self.discard_input()
+            return
+        if more < 0:
+            self._budget.release(-more)
+        self._reserved = held
+
+    def _check_header(self, opcode: Opcode, fin: bool, rsv1: bool, length: int) -> None:
         # Called by the parser before a payload is buffered, with the state left by every
         # earlier frame: order errors and oversized messages are caught from the header.
+        if opcode in CONTROL_OPCODES:
+            return
         if opcode is Opcode.CONTINUATION:
             if self._message_opcode is None:
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR,
                                     "unexpected continuation frame: no message is in progress")
-            if self._message_size + length > self.max_message_size:
-                raise ProtocolError(
-                    CloseCode.MESSAGE_TOO_BIG,
-                    f"message reaches {self._message_size + length} bytes, over the limit "
-                    f"of {self.max_message_size}")
-        elif opcode not in CONTROL_OPCODES and self._message_opcode is not None:
+            size, compressed = self._wire_size + length, self._inflater is not None
+        elif self._message_opcode is not None:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR,
                                 f"expected a continuation frame, got {opcode.name}: "
                                 "the previous message is not finished")
+        else:
+            size, compressed = length, rsv1
+        # The inflated size of a compressed message is checked while inflating.
+        limit = self._compressed_limit if compressed else self.max_message_size
+        if size > limit:
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG,
+                                f"message reaches {size} bytes, over the limit of {limit}")
 
     def _handle_frame(self, frame: Frame) -> Event | None:
         opcode = frame.opcode
@@ -184,8 +242,11 @@ class ServerProtocol:
         if opcode is Opcode.CLOSE:
             return self._handle_close(frame.payload)
         if frame.fin and opcode is not Opcode.CONTINUATION:
-            return self._single_frame_message(opcode, frame.payload)
-        return self._fragment(opcode, frame.fin, frame.payload)
+            payload = frame.payload
+            if frame.rsv1:
+                payload = MessageInflater(self.max_message_size).inflate(payload, final=True)
+            return self._single_frame_message(opcode, payload)
+        return self._fragment(opcode, frame.fin, frame.rsv1, frame.payload)
 
     def _single_frame_message(self, opcode: Opcode, payload: bytes) -> Event:
         # The common case, kept free of the fragment bookkeeping.
@@ -197,12 +258,17 @@ class ServerProtocol:
             raise ProtocolError(CloseCode.INCONSISTENT_DATA,
                                 "text message is not valid UTF-8") from None
 
-    def _fragment(self, opcode: Opcode, fin: bool, payload: bytes) -> Event | None:
+    def _fragment(self, opcode: Opcode, fin: bool, rsv1: bool, payload: bytes) -> Event | None:
         if opcode is not Opcode.CONTINUATION:
             self._message_opcode = opcode
-            self._message_size = 0
+            self._message_size = self._wire_size = 0
+            if rsv1:
+                self._inflater = MessageInflater(self.max_message_size)
             if opcode is Opcode.TEXT:
                 self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._wire_size += len(payload)
+        if self._inflater is not None:
+            payload = self._inflater.inflate(payload, final=fin)
         self._message_size += len(payload)
         if self._message_opcode is Opcode.TEXT:
             # Decoding each fragment as it comes finds invalid UTF-8 early, while a
@@ -221,7 +287,8 @@ class ServerProtocol:
         else:
             event = BinaryMessage(b"".join(self._fragments))
         self._message_opcode = None
-        self._message_size = 0
+        self._message_size = self._wire_size = 0
+        self._inflater = None
         self._fragments = []
         self._text_parts = []
         self._decoder = None
@@ -255,6 +322,16 @@ class ServerProtocol:
             payload = payload.encode("utf-8")
         self._check_can_send("a text frame")
         self._queue_frame(0x80 | Opcode.TEXT, payload)
+
+    def send_message(self, message: OutgoingMessage) -> bytes:
+        """Queue `message` as its ready-made frame for this connection, compressed when
+        permessage-deflate was negotiated and the message's policy says so; return that
+        frame (shared with every other connection sending the same variant: do not modify).
+        Raises InvalidState after our close frame."""
+        self._check_can_send("a message")
+        frame = message.frame(self.deflate)
+        self._outgoing.append(frame)
+        return frame
 
     def send_binary(self, payload: bytes) -> None:
         """Queue a BINARY frame. Raises InvalidState after our close frame."""

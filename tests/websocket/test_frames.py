@@ -106,6 +106,18 @@ def test_reserved_bits_refused(flag):
     raises(data, CloseCode.PROTOCOL_ERROR, "reserved")
 
 
+def test_rsv1_allowed_only_on_the_first_frame_of_a_data_message_with_deflate():
+    first = Frame(False, Opcode.TEXT, b"x", rsv1=True).serialize(MASK)
+    frames = parse_all(first, allow_rsv1=True)
+    assert frames == [Frame(False, Opcode.TEXT, b"x", rsv1=True)]
+    for flag in ("rsv2", "rsv3"):
+        raises(Frame(True, Opcode.TEXT, b"x", **{flag: True}).serialize(MASK),
+               CloseCode.PROTOCOL_ERROR, "reserved", allow_rsv1=True)
+    for opcode in (Opcode.CONTINUATION, Opcode.PING, Opcode.PONG, Opcode.CLOSE):
+        raises(Frame(True, opcode, b"", rsv1=True).serialize(MASK), CloseCode.PROTOCOL_ERROR,
+               f"RSV1 \\(compressed\\) is set on a {opcode.name} frame", allow_rsv1=True)
+
+
 @pytest.mark.parametrize("opcode", [3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF])
 def test_unknown_opcode_refused(opcode):
     raises(Frame(True, opcode, b"").serialize(MASK), CloseCode.PROTOCOL_ERROR, "unknown opcode")
@@ -145,7 +157,7 @@ def test_check_header_runs_before_the_payload():
     parser = FrameParser(2**20, check_header=lambda *args: seen.append(args))
     data = Frame(False, Opcode.TEXT, b"x" * 200).serialize(MASK)
     assert parser.feed(data[:4]) == []
-    assert seen[-1] == (Opcode.TEXT, False, 200)
+    assert seen[-1] == (Opcode.TEXT, False, False, 200)
 
 
 def test_frame_parse_needs_exactly_one_frame():
