@@ -14,7 +14,7 @@ from werkzeug.wrappers import Request, Response
 
 from rtbus.http import misroute
 from rtbus.http.responses import error_response
-from rtbus.websocket import handshake
+from rtbus.websocket import deflate, handshake
 
 _logger = logging.getLogger(__name__)
 
@@ -48,12 +48,16 @@ def websocket(app, request: Request) -> Response:
     except SessionExpired:
         # Accepted, then closed with 4001: the client waits for a new session.
         session, expired = app.sessions.public(dbname), True
-    response = Response(status=101, headers=handshake.response_headers(key))
+    agreed = (deflate.negotiate(request.headers.getlist("Sec-WebSocket-Extensions"))
+              if app.config.websocket_compression else None)
+    extensions, params = agreed if agreed is not None else (None, None)
+    response = Response(status=101, headers=handshake.response_headers(key, extensions))
     del response.headers["Content-Type"]
     remote = request.remote_addr or "?"
 
     def serve(sock, initial: bytes) -> None:
-        app.hub.serve(sock, session, remote=remote, initial=initial, outdated=outdated, expired=expired)
+        app.hub.serve(sock, session, remote=remote, initial=initial, outdated=outdated, expired=expired,
+                      deflate=params)
 
     request.environ["rtbus.upgrade"] = serve
     return response

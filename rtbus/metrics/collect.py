@@ -75,6 +75,11 @@ def hub_figures(hub) -> dict:
         "rtbus_websocket_subscriptions_total": counters["subscriptions"],
         "rtbus_websocket_closes_total": {str(code): count for code, count in hub.closes.items()},
         "rtbus_websocket_batches_sent_total": counters["batches_sent"],
+        "rtbus_websocket_batches_compressed_total": counters["batches_compressed"],
+        "rtbus_websocket_batch_bytes_sent_total": counters["batch_bytes_sent"],
+        "rtbus_websocket_deflate_negotiated_total": counters["deflate_negotiated"],
+        "rtbus_websocket_receive_budget_bytes": hub.receive_budget.used,
+        "rtbus_websocket_receive_budget_refusals_total": hub.receive_budget.refusals,
         "rtbus_slow_consumers_dropped_total": counters["slow_consumers"],
         "rtbus_rate_limit_closes_total": counters["rate_limited"],
     }

@@ -39,6 +39,7 @@ from gevent.socket import wait_read
 from rtbus import errors
 from rtbus.bus.mailbox import Mailbox
 from rtbus.websocket import events
+from rtbus.websocket.deflate import DeflateParams, is_compressed_frame
 from rtbus.websocket.frames import CloseCode
 from rtbus.websocket.protocol import (BinaryMessage, CloseReceived, InvalidState, PingReceived,
                                       PongReceived, ProtocolViolation, ServerProtocol, State,
@@ -60,7 +61,8 @@ _ids = itertools.count(1)
 class WebsocketConnection:
     """The server side of one open websocket. `run()` blocks until it is over."""
 
-    def __init__(self, hub, sock: socket.socket, session, *, remote: str, initial: bytes = b""):
+    def __init__(self, hub, sock: socket.socket, session, *, remote: str, initial: bytes = b"",
+                 deflate: DeflateParams | None = None):
         settings = hub.settings
         self.hub = hub
         self.id = next(_ids)
@@ -68,7 +70,8 @@ class WebsocketConnection:
         self.session = session
         self.dbname = session.dbname
         self.remote = remote
-        self.protocol = ServerProtocol(max_message_size=settings.max_message_size)
+        self.protocol = ServerProtocol(max_message_size=settings.max_message_size, deflate=deflate,
+                                       budget=hub.receive_budget)
         self.mailbox = Mailbox(settings.mailbox_max_bytes, on_ready=self._on_mail)
         self.limiter = RateLimiter(settings.rate_limit_burst, settings.rate_limit_delay)
         now = time.monotonic()
@@ -99,6 +102,7 @@ class WebsocketConnection:
                 self._receive(self._initial)
             self._reader_loop()
         finally:
+            self.protocol.discard_input()     # give its partial message back to the budget
             self.hub.dispatcher.unsubscribe(self)
             # Closing the mailbox and the socket ends the writer by itself (the close
             # wakes it); it may be in the middle of a session check.
@@ -205,7 +209,7 @@ class WebsocketConnection:
         elif isinstance(event, ProtocolViolation):
             self.close_code = int(event.code)
             self.hub.count_close(event.code)
-            _logger.info("%s: protocol violation, closing with %d: %s", self, event.code, event.reason)
+            _logger.info("%s: closing with %d: %s", self, event.code, event.reason)
         elif isinstance(event, PingReceived):
             pass   # the protocol queued the pong
 
@@ -334,9 +338,13 @@ class WebsocketConnection:
                 with self._send_lock:
                     if self.protocol.state is not State.OPEN:
                         return
-                    self.protocol.send_text(batch)
+                    frame = self.protocol.send_message(self.hub.outgoing.get(batch))
                     self._flush_locked()
-                self.hub.counters["batches_sent"] += 1
+                counters = self.hub.counters
+                counters["batches_sent"] += 1
+                counters["batch_bytes_sent"] += len(frame)
+                if is_compressed_frame(frame):
+                    counters["batches_compressed"] += 1
                 if self.mailbox.last_since is not None:
                     self.hub.latency.observe(time.monotonic() - self.mailbox.last_since)
             except socket.timeout:

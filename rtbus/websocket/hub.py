@@ -18,6 +18,8 @@ import gevent
 
 from rtbus.metrics.histogram import Histogram
 from rtbus.websocket import events
+from rtbus.websocket.budget import ReceiveBudget
+from rtbus.websocket.deflate import CompressionPolicy, DeflateParams, OutgoingMessages
 from rtbus.websocket.frames import CloseCode
 
 _logger = logging.getLogger(__name__)
@@ -37,6 +39,10 @@ class WebsocketSettings:
     mailbox_max_bytes: int = 4 << 20
     close_batch: int = 64
     close_interval: float = 0.1
+    receive_budget: int = 64 << 20
+    compression: bool = True
+    compression_threshold: int = 512
+    compression_level: int = 1
 
     @classmethod
     def from_config(cls, config) -> "WebsocketSettings":
@@ -51,6 +57,10 @@ class WebsocketSettings:
             mailbox_max_bytes=config.mailbox_max_bytes,
             close_batch=config.effective("websocket_close_batch"),
             close_interval=config.websocket_close_interval,
+            receive_budget=config.websocket_receive_budget,
+            compression=config.websocket_compression,
+            compression_threshold=config.websocket_compression_threshold,
+            compression_level=config.websocket_compression_level,
         )
 
 
@@ -72,20 +82,30 @@ class Hub:
         # NOTIFY received → batch sent, per batch sent (see rtbus.metrics.families).
         self.latency = Histogram()
         self.stopping = False
+        # What every connection's partially received messages may hold, together.
+        self.receive_budget = ReceiveBudget(settings.receive_budget)
+        policy = (CompressionPolicy(settings.compression_threshold, settings.compression_level)
+                  if settings.compression else None)
+        # Batches framed (and compressed) once for all the connections that send them.
+        self.outgoing = OutgoingMessages(policy)
 
     # -- connections -----------------------------------------------------
     def serve(self, sock, session, *, remote: str, initial: bytes = b"", outdated: bool = False,
-              expired: bool = False) -> None:
+              expired: bool = False, deflate: DeflateParams | None = None) -> None:
         """Run one websocket until it ends (blocks the calling greenlet).
 
         `outdated`: the client runs an old worker version; `expired`: its cookie
-        named a session that is no longer valid (`session` is then the public one).
+        named a session that is no longer valid (`session` is then the public one);
+        `deflate`: what permessage-deflate negotiation agreed, if it was.
         """
         from rtbus.websocket.connection import WebsocketConnection
 
-        connection = WebsocketConnection(self, sock, session, remote=remote, initial=initial)
+        connection = WebsocketConnection(self, sock, session, remote=remote, initial=initial,
+                                         deflate=deflate)
         self.connections[connection.id] = connection
         self.counters["opened"] += 1
+        if deflate is not None:
+            self.counters["deflate_negotiated"] += 1
         if self.presence is not None and not expired and not session.is_public:
             self.presence.connection_opened(session)
         if outdated:
@@ -150,5 +170,7 @@ class Hub:
         self.closes[int(code)] += 1
 
     def stats(self) -> dict:
+        budget = self.receive_budget
         return {"open": len(self.connections), **self.counters,
-                "closes": dict(self.closes)}
+                "closes": dict(self.closes), "receive_budget_used": budget.used,
+                "receive_budget_peak": budget.peak, "receive_budget_refusals": budget.refusals}
