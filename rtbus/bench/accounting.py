@@ -83,6 +83,7 @@ class Meter:
         self.errors: collections.Counter = collections.Counter()   # error kind -> count
         self.connects = 0
         self.published = 0
+        self.wire_bytes = 0                   # bytes websockets read, as on the wire
 
     def delivered(self, now: float, count: int) -> None:
         self.deliveries += count

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _publishing(options):
+    from rtbus.bench import wire
     from rtbus.bench.accounting import PublishLog
     from rtbus.bench.publishers import Publishing, make_publisher
 
@@ -57,7 +58,7 @@ def _publishing(options):
                                target=options.publish_target, api_key=options.api_key,
                                db=options.db)
     return Publishing(publisher, options.channel_names, PublishLog(options.channels),
-                      "x" * options.payload_bytes)
+                      wire.filler_text(options.payload_bytes))
 
 
 def _run(options, publishing, base: int, server) -> dict:
@@ -103,6 +104,7 @@ def _options_summary(options) -> dict:
             "channels": options.channels, "publish": options.publish, "rate": options.rate,
             "ramp_rate": options.ramp_rate, "notifications": options.notifications,
             "duration": options.duration, "payload_bytes": options.payload_bytes,
+            "deflate": options.deflate,
             "stages": list(options.stages), "spike_notifications": options.spike_notifications,
             "spike_rate": options.spike_rate, "storm_seconds": options.storm_seconds}
 

@@ -45,6 +45,7 @@ class ClientContext:
     db: str | None = None
     connect_timeout: float = 10.0
     poll_timeout: float = 65.0
+    deflate: bool = False               # websockets offer permessage-deflate
     meter: Meter = dataclasses.field(default_factory=Meter)
     polls_held: int = 0                 # long-polls sent and not yet answered
 
@@ -169,7 +170,7 @@ class WebsocketClient(_Client):
                                             timeout=ctx.connect_timeout)
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             sock.sendall(wire.handshake_request(ctx.target, key, origin=ctx.origin,
-                                                cookie=ctx.cookie, db=ctx.db))
+                                                cookie=ctx.cookie, db=ctx.db, deflate=ctx.deflate))
             head, rest = _read_head(sock)
             wire.check_handshake(head, key)
             sock.sendall(wire.subscribe_frame([self.channel], last))
@@ -206,6 +207,7 @@ class WebsocketClient(_Client):
         if not data:
             self._ended(ABNORMAL_CLOSURE)
             return
+        self.ctx.meter.wire_bytes += len(data)
         self._receive(data)
 
     def _receive(self, data: bytes) -> None:
@@ -229,7 +231,9 @@ class WebsocketClient(_Client):
             if end > size:
                 break
             opcode = data[pos] & 0x0F
-            if opcode <= Opcode.TEXT:
+            if opcode <= Opcode.TEXT and data[pos] & 0x40:      # RSV1: compressed
+                pairs.extend(wire.scan_notifications(wire.inflate(data[pos + head:end])))
+            elif opcode <= Opcode.TEXT:
                 pairs.extend(wire.scan_notifications(data, pos + head, end))
             elif not self._on_control(opcode, data[pos + head:end]):
                 break           # closed: what came before the close still counts

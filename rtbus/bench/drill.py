@@ -59,7 +59,7 @@ class Drill:
         self.progress_stream = None if options.quiet else progress
         self.ctx = ClientContext(options.target, options.origin, base, cookie=options.cookie,
                                  db=options.db, connect_timeout=options.connect_timeout,
-                                 poll_timeout=options.poll_timeout)
+                                 poll_timeout=options.poll_timeout, deflate=options.deflate)
         names = options.channel_names
         k = len(names)
         self.reactor = Reactor()
@@ -257,6 +257,9 @@ class Drill:
             "publish_per_s": round(meter.published / (now - run.started), 1),
             "expected_deliveries": expected,
             "deliveries": meter.deliveries,
+            "websocket_bytes_received": meter.wire_bytes,
+            "websocket_bytes_per_delivery": round(meter.wire_bytes / meter.deliveries, 1)
+            if meter.deliveries else None,
             "deliveries_per_s": round(meter.deliveries / delivery_window, 1)
             if delivery_window > 0 else None,
             "latency_ms": meter.latency.summary(),

@@ -58,6 +58,7 @@ class BenchOptions:
     notifications: int | None
     duration: float
     payload_bytes: int
+    deflate: bool
     stages: tuple[str, ...]
     spike_notifications: int
     spike_rate: float
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     clients.add_argument("--cookie", help="Cookie header sent by every client, e.g. session_id=...")
     clients.add_argument("--origin", help="Origin header (default: the target's origin)")
     clients.add_argument("--db", help="database to use (websocket ?db= and publish param)")
+    clients.add_argument("--deflate", action="store_true",
+                         help="websockets offer permessage-deflate, as browsers do, and inflate "
+                              "the compressed frames they get")
     publishing = p.add_argument_group("publishing")
     publishing.add_argument("--publish", choices=PATHS, default="sql",
                             help="sql: rtbus_sendone + COMMIT; python: rtbus.bus.publish; "
@@ -169,7 +173,7 @@ def parse(argv: list[str] | None = None) -> BenchOptions:
         imbus_db=args.imbus_db, publish_target=publish_target, api_key=args.api_key, db=args.db,
         cookie=args.cookie, origin=args.origin or target.origin, rate=args.rate,
         notifications=args.notifications, duration=args.duration,
-        payload_bytes=args.payload_bytes, stages=stages,
+        payload_bytes=args.payload_bytes, deflate=args.deflate, stages=stages,
         spike_notifications=args.spike_notifications, spike_rate=args.spike_rate,
         storm_seconds=args.storm_seconds, settle=args.settle, server_pid=args.server_pid,
         server_log=args.server_log, pg_stats_dsn=args.pg_stats_dsn,

@@ -65,7 +65,8 @@ def render_text(report: dict) -> str:
     options, lines = report["options"], []
     lines.append(f"rtbus-bench -> {report['target']}  ({options['publish']} publishing, "
                  f"{options['websockets']} websockets, {options['longpolls']} long-polls, "
-                 f"{options['channels']} channel(s), rate {options['rate'] or 'max'}/s)")
+                 f"{options['channels']} channel(s), rate {options['rate'] or 'max'}/s"
+                 f"{', permessage-deflate offered' if options['deflate'] else ''})")
     m = report["machine"]
     lines.append(f"machine: {m['cpu']}, {m['cpus']} CPUs, Python {m['python']}, "
                  f"gevent {m['gevent']}, load {m['load_average']}")
@@ -122,6 +123,9 @@ def _details(s: dict) -> list[str]:
         out.append(f"storm: {r['websockets']} websockets back in {r['seconds']:.2f} s (handshake p99 "
                    f"{_ms(hs['p99'])} ms); caught up after the drop: p50 {cu['p50']} s, p99 "
                    f"{cu['p99']} s, max {cu['max']} s; not caught up: {cu['not_caught_up']}")
+    if s.get("websocket_bytes_per_delivery"):
+        out.append(f"{s['stage']}: websockets read {s['websocket_bytes_received']} bytes, "
+                   f"{s['websocket_bytes_per_delivery']} per delivery")
     if s.get("statements"):
         st = s["statements"]
         out.append(f"{s['stage']}: SQL statements per notification (pg_stat_statements): server "

@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import urllib.parse
+import zlib
 
 import orjson
 
@@ -87,9 +88,14 @@ def expected_accept(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
 
 
+# What Chromium offers.
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+
+
 def handshake_request(target: Target, key: str, *, origin: str, cookie: str | None = None,
-                      db: str | None = None) -> bytes:
-    """The upgrade request. No User-Agent, so the server's version check is skipped."""
+                      db: str | None = None, deflate: bool = False) -> bytes:
+    """The upgrade request. No User-Agent, so the server's version check is skipped;
+    `deflate` offers permessage-deflate."""
     path = target.prefix + "/websocket"
     if db:
         path += "?" + urllib.parse.urlencode({"db": db})
@@ -98,6 +104,8 @@ def handshake_request(target: Target, key: str, *, origin: str, cookie: str | No
              f"Origin: {origin}"]
     if cookie:
         lines.append(f"Cookie: {cookie}")
+    if deflate:
+        lines.append(f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
@@ -118,6 +126,33 @@ def check_handshake(head: bytes, key: str) -> None:
                 raise WireError("bad-accept")
             return
     raise WireError("bad-accept", "no Sec-WebSocket-Accept header")
+
+
+_FILLER_WORDS = ("the build passed on staging and the team deploys it now; review the invoice of "
+                 "order for customer Azure Interior before Friday, then mark the task done and "
+                 "notify the channel meeting moved to room with Marc Demo about quarterly sales "
+                 "pipeline leads opportunity won lost call email reply attached report draft "
+                 "approved rejected pending shipment delivery").split()
+
+
+def filler_text(length: int) -> str:
+    """`length` characters of words and numbers in a fixed pseudo-random order: padding that
+    compresses about as much as real message text does (zlib level 1: about 2x at 1.5 KB),
+    where a run of one letter would flatter permessage-deflate."""
+    words, state, size = [], 12345, 0
+    while size < length:
+        state = (state * 1103515245 + 12345) & 0x7FFFFFFF
+        draw = state >> 8
+        word = str(draw % 100000) if draw % 4 == 0 else _FILLER_WORDS[draw % len(_FILLER_WORDS)]
+        words.append(word)
+        size += len(word) + 1
+    return " ".join(words)[:length]
+
+
+def inflate(payload: bytes) -> bytes:
+    """The payload of a compressed (RSV1) frame, inflated: permessage-deflate with no
+    context takeover, as rtbus always answers."""
+    return zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
 
 
 def subscribe_frame(channels: list[str], last: int) -> bytes:

@@ -96,6 +96,24 @@ def test_python_and_http_paths_text_report(bench_server, dsn, path):
     assert "[hold]" in result.stderr      # the progress line
 
 
+@pytest.mark.timeout(180)
+def test_deflate_clients_read_compressed_batches_and_count_wire_bytes(bench_server, dsn):
+    def hold(*extra):
+        result = run_bench(f"http://127.0.0.1:{bench_server.longpolling_port}", "-n", "10", "-m", "0",
+                           "--channel-prefix", "bench0", "--settle", SETTLE, "--max-seconds", "140",
+                           "--publish", "sql", "--dsn", dsn, "--notifications", "30", "--rate", "0",
+                           "--payload-bytes", "1500", "--json", "--quiet", *extra)
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        assert report["verdict"]["ok"] and report["options"]["deflate"] == bool(extra)
+        stage = report["stages"][1]
+        assert stage["deliveries"] == stage["expected_deliveries"] == 300 and stage["lost"] == 0
+        return stage["websocket_bytes_per_delivery"]
+
+    plain, compressed = hold(), hold("--deflate")
+    assert plain > 1500 and compressed < plain * 0.75, (plain, compressed)
+
+
 def test_unreachable_target_fails_without_hanging():
     with socket.socket() as probe:   # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
