@@ -21,6 +21,7 @@ excess): a small compressed message that would inflate to gigabytes is refused w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import zlib
 from collections.abc import Iterable
@@ -41,6 +42,7 @@ MIN_WINDOW_BITS = 9
 INFLATER_COST = 48 << 10
 
 
+@functools.lru_cache(maxsize=8)   # one int object shared by every connection
 def compressed_size_limit(max_message_size: int) -> int:
     """Largest compressed message whose inflated form can still fit `max_message_size`.
 
