@@ -32,7 +32,7 @@ def test_the_board_negotiates_deflate_and_shows_large_and_small_notifications(
     compressed = gevent_metric(port, "rtbus_websocket_batches_compressed_total")
     page = open_board(context, board_server.base_url)
     wait_subscribed(page, "demo.lobby")
-    assert gevent_metric(port, "rtbus_websocket_deflate_negotiated_total") == negotiated + 1
+    assert gevent_metric(port, "rtbus_websocket_deflate_negotiated_total") >= negotiated + 1
 
     small = publish("demo.lobby", "demo/message", {"channel": "demo.lobby", "text": "short"})
     large = publish("demo.lobby", "demo/message", {"channel": "demo.lobby", "text": LARGE_TEXT})
