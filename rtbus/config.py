@@ -598,14 +598,18 @@ SETTINGS: tuple[Setting, ...] = (
             "again. Revocations and rotations reach every process at once through NOTIFY "
             "rtbus_session; this bound only matters if that notification is lost "
             "(0 checks every message and every dispatch).")),
-        Setting("public_channels", "list", (), flags=("--public-channels",), help=(
-            "Channel names a visitor without a session cookie may listen to, besides "
-            "broadcast; matched exactly.")),
+        Setting("public_channels", "list", ("*",), flags=("--public-channels",),
+                metavar="PATTERN,...", help=(
+            "fnmatch patterns (case-sensitive) a channel name requested by a session without "
+            "a user (no cookie, or an anonymous session) must match; other names are dropped. "
+            "* allows any name, Odoo's rule; broadcast alone allows nothing more than "
+            "broadcast.")),
         Setting("channel_allowlist", "list", (), flags=("--channel-allowlist",),
                 metavar="PATTERN,...", help=(
-            "fnmatch patterns (case-sensitive) a channel name requested by a signed-in "
-            "client must match; empty allows any name, relying on names being unguessable "
-            "as Odoo does.")),
+            "fnmatch patterns (case-sensitive) a channel name requested by any session must "
+            "match; other names are dropped. Empty allows any name, relying on names being "
+            "unguessable as Odoo does. Server channels (partner, groups, presence) are not "
+            "filtered.")),
         Setting("session_lookup_budget", "int", 60, check=COUNT,
                 flags=("--session-lookup-budget",), help=(
             "Lookups of session ids that rtbus did not issue (no valid signature: an "

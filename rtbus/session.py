@@ -358,11 +358,15 @@ class SessionStore:
 
         The first poll marks the session as a websocket session; a later poll of a
         session that was never marked means the user logged in or out in between
-        (the cookie now names another session): SessionExpired. Public visitors
-        without a cookie have nothing to expire and always pass.
+        (the cookie now names another session): SessionExpired. A visitor without a
+        cookie carries no mark: its first poll passes (there is nothing to mark,
+        rtbus does not mint sessions), any other is SessionExpired, as Odoo answers a
+        client that did not keep the cookie of its first poll.
         """
         session = self.authenticate(dbname, sid, client=client)
         if session.sid is None:
+            if not is_first_poll:
+                raise SessionExpired("session expired: no session did a first poll")
             return session
         if is_first_poll:
             if not session.is_websocket_session:

@@ -1,32 +1,49 @@
 """Which channels a session may listen to: the client's list in, a Subscription out.
 
-The rules, applied to the `channels` of a `subscribe` message, of a
-`peek_notifications` call or of a poll:
+One decision serves `/websocket` subscribe, `/longpolling/poll` and
+`/websocket/peek_notifications`: `authorize(session, requested, rules)`, which asks
+`rules.authorize(session, requested)`. `ChannelPolicy` is rtbus's rule set, built from
+the configuration; anything with the same `authorize` and `describe` methods (the
+`ChannelRules` protocol, e.g. a proxy asking an Odoo server) can take its place in
+`Application.policy` without touching the transports.
+
+The rules of `ChannelPolicy`, by default those of Odoo 19's
+`ir.websocket._build_bus_channel_list` and of its `mail` override:
 
 * The list holds strings only (else ValueError "bus.Bus only string channels are
   allowed.", Odoo's message) and at most `max_channels` of them; each, anchored to the
   database, must encode within channels.MAX_ENCODED_CHANNEL_BYTES. A request breaking
   these rules is refused whole (ValueError): the transport logs it and keeps the
   connection, as Odoo does.
-* A client string `s` becomes the channel `[db, s]`. It can never equal a record
-  channel: the encoded form is the JSON text of a list, a client string always yields
-  a list of exactly two strings (quotes, brackets and commas inside `s` are escaped
-  by JSON), while record channels have three or four elements with an integer in
-  third place (`[db, "res.partner", 7]`). So a client asking for
-  `'res.partner", 7'` or `'["db","res.partner",7]'` just gets a harmless string
-  channel nobody publishes on. String channels follow Odoo's unguessable-name model;
-  `channel_allowlist` (fnmatch patterns) can restrict them further.
-* Public sessions (no user) keep only `broadcast` and the configured
-  `public_channels` (exact names); other names are dropped, not an error.
-* Presence: `odoo-presence-res.partner_<id>` asks for the partner's presence
-  subchannel `[db, "res.partner", <id>, "presence"]`. Rule: any signed-in (non-public)
-  session may follow any partner's presence, which is Odoo 17/18's rule for internal
-  users (rtbus does not know which users are internal; presence only says
-  online/away/offline). Public sessions' presence requests, other `odoo-presence-`
-  names (guests, access tokens) and ids that are not positive integers are dropped.
-* The server adds `broadcast`, the user's partner `[db, "res.partner", <partner_id>]`
-  (signed-in sessions only, as Odoo 17+) and `[db, "res.groups", <id>]` for each
-  *effective* group of the session (Odoo 19's all_group_ids).
+* A client string `s` becomes the channel `[db, s]`, whoever asks: a public visitor
+  (no cookie, or a stored session without a user) as much as a signed-in user. String
+  channels are protected by unguessable names, as in Odoo.
+* Lock-down, optional: a string name must match one of the fnmatch patterns of
+  `channel_allowlist` (every session; empty allows any) and, for a session without a
+  user, one of `public_channels` (default `*`). Patterns are case-sensitive. A name a
+  rule refuses is dropped, never an error (Odoo keeps the connection, and so do we).
+* A client string can never equal a record channel: the encoded form is the JSON text
+  of a list, a client string always yields a list of exactly two strings (quotes,
+  brackets and commas inside `s` are escaped by JSON), while record channels have three
+  or four elements with an integer in third place (`[db, "res.partner", 7]`). So a
+  client asking for `'res.partner", 7'` or `'["db","res.partner",7]'` just gets a
+  harmless string channel nobody publishes on. Record channels (partners, groups,
+  presence) are decided by the server only.
+* Presence: `odoo-presence-res.partner_<id>` asks for the partner's presence subchannel
+  `[db, "res.partner", <id>, "presence"]`; the name itself never becomes a string
+  channel. Odoo 19 (`mail`'s `_prepare_subscribe_data`) grants it when the viewer may
+  read the partner (record rules), is that partner, or presents the partner's
+  limited-field access token (scope `mail.presence`, the `-<token>` suffix). rtbus knows
+  neither Odoo's record rules nor its token secret, so it keeps the part it can decide:
+  any signed-in session may follow any partner's presence (an internal user's right in
+  Odoo; presence only says online/away/offline), and public sessions' presence requests
+  are dropped, as are `-<token>` names, `mail.guest` presence (rtbus has no guests) and
+  ids that are not positive integers. `channel_allowlist` does not apply to presence:
+  it is a record channel.
+* The server adds `broadcast`, `[db, "res.groups", <id>]` for each *effective* group of
+  the session (Odoo 19's all_group_ids; a visitor without a cookie has none, where Odoo
+  would add base.group_public) and the user's partner `[db, "res.partner", <partner_id>]`
+  when a user is signed in.
 
 `AfterSubscribeHooks` is the extension point run once after a subscription is
 established (Odoo 19's `_after_subscribe_data`); presence registers one that pushes the
@@ -37,10 +54,11 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -53,30 +71,23 @@ BROADCAST = "broadcast"
 PRESENCE_PREFIX = "odoo-presence-"
 NON_STRING_CHANNEL = "bus.Bus only string channels are allowed."
 DEFAULT_MAX_CHANNELS = 1000
+ANY_NAME = ("*",)     # the default of public_channels: Odoo's rule
 
 # Ids up to 2**31 - 1 (PostgreSQL integer): ten digits at most, no leading zero.
 _PRESENCE_CHANNEL = re.compile(r"odoo-presence-res\.partner_([1-9][0-9]{0,9})")
 _MAX_RECORD_ID = 2**31 - 1
 
 
-@dataclasses.dataclass(frozen=True)
-class ChannelPolicy:
-    """The configurable part of the rules (see the module docstring)."""
+class ChannelRules(Protocol):
+    """What decides the channels of a subscription: ChannelPolicy, or a replacement."""
 
-    max_channels: int = DEFAULT_MAX_CHANNELS
-    allowlist: tuple[str, ...] = ()
-    public_channels: frozenset[str] = frozenset()
+    def authorize(self, session: Session, requested: Any) -> Subscription:
+        """The Subscription of `session` (uid, partner, effective groups, database) for
+        the client's `requested` channels. Raises ValueError for a request refused whole
+        (shape, count, size); drops, without error, names the session may not have."""
 
-    @classmethod
-    def from_config(cls, config) -> ChannelPolicy:
-        return cls(max_channels=config.max_channels_per_subscription,
-                   allowlist=tuple(config.channel_allowlist),
-                   public_channels=frozenset(config.public_channels))
-
-    def allows_name(self, name: str) -> bool:
-        """Whether a signed-in client may listen to string channel `name`."""
-        return not self.allowlist or any(fnmatch.fnmatchcase(name, pattern)
-                                         for pattern in self.allowlist)
+    def describe(self) -> str:
+        """The rules in one line, for the start-up log."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +107,90 @@ class Subscription:
     def anchored_channels(self) -> list[list]:
         """The channels as anchored lists, as peek_notifications answers them."""
         return [orjson.loads(channel) for channel in self.channels]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelPolicy:
+    """rtbus's channel rules (see the module docstring) and their configurable part.
+
+    `allowlist`: fnmatch patterns every requested string name must match (empty: any).
+    `public_channels`: patterns a name requested by a session without a user must match
+    too (`*`: any, Odoo's rule; empty: none besides broadcast).
+    """
+
+    max_channels: int = DEFAULT_MAX_CHANNELS
+    allowlist: tuple[str, ...] = ()
+    public_channels: tuple[str, ...] = ANY_NAME
+
+    @classmethod
+    def from_config(cls, config) -> ChannelPolicy:
+        return cls(max_channels=config.max_channels_per_subscription,
+                   allowlist=tuple(config.channel_allowlist),
+                   public_channels=tuple(config.public_channels))
+
+    @property
+    def is_odoo_default(self) -> bool:
+        """True when no lock-down is configured: any string channel for every session."""
+        return not self.allowlist and _matches_anything(self.public_channels)
+
+    def allows_name(self, session: Session, name: str) -> bool:
+        """Whether `session` may listen to the string channel `name` (not a presence name)."""
+        if name == BROADCAST:
+            return True
+        if self.allowlist and not _matcher(self.allowlist)(name):
+            return False
+        return not session.is_public or _matcher(self.public_channels)(name)
+
+    def authorize(self, session: Session, requested: Any) -> Subscription:
+        """Apply the rules of this module to the client's `requested` channels.
+
+        Returns the Subscription of `session` in its database. Raises ValueError
+        (channels.InvalidChannel for a channel too long or not encodable) when the
+        request breaks the rules on shape, count or size; drops, without error, channels
+        the session may not listen to.
+        """
+        names = check_channel_list(requested, self.max_channels)
+        db = session.dbname
+        encoded: set[str] = set()
+        presence_ids: set[int] = set()
+        dropped: list[str] = []
+        for name in names:
+            if name.startswith(PRESENCE_PREFIX):
+                partner_id = parse_presence_channel(name)
+                if partner_id is None or session.is_public:
+                    dropped.append(name)
+                    continue
+                presence_ids.add(partner_id)
+                encoded.add(_encode(db, ("res.partner", partner_id, "presence")))
+                continue
+            # Encoding first: an oversized or unencodable name refuses the request even
+            # when the policy would have dropped it, so the outcome does not depend on policy.
+            channel = _encode(db, name)
+            if self.allows_name(session, name):
+                encoded.add(channel)
+            else:
+                dropped.append(name)
+        for channel in server_channels(session):
+            encoded.add(_encode(db, channel))
+        if dropped:
+            logger.debug("dropped %d channel(s) not allowed to %r: %s", len(dropped), session,
+                         ", ".join(repr(name[:80]) for name in dropped[:10]))
+        return Subscription(db, tuple(sorted(encoded)), tuple(sorted(presence_ids)), tuple(dropped))
+
+    def describe(self) -> str:
+        """One line for the start-up log: who may listen to which string channels."""
+        if _matches_anything(self.public_channels):
+            public = "any string channel (public_channels = *)"
+        elif self.public_channels:
+            public = f"names matching {', '.join(self.public_channels)} (public_channels)"
+        else:
+            public = "broadcast only (public_channels empty)"
+        every = (f"only names matching {', '.join(self.allowlist)} (channel_allowlist)"
+                 if self.allowlist else "any name (channel_allowlist empty)")
+        kind = "Odoo 19's rule" if self.is_odoo_default else "locked down"
+        return (f"channel policy, {kind}: sessions without a user may listen to {public}; "
+                f"every session to {every}; presence for signed-in sessions only; at most "
+                f"{self.max_channels} channels per request")
 
 
 def check_channel_list(requested: Any, max_channels: int) -> list[str]:
@@ -133,49 +228,27 @@ def server_channels(session: Session) -> list:
     return added
 
 
-def authorize(session: Session, requested: Any, policy: ChannelPolicy) -> Subscription:
-    """Apply the rules of this module to the client's `requested` channels.
+def authorize(session: Session, requested: Any, rules: ChannelRules) -> Subscription:
+    """The one entry point of every transport: `rules.authorize(session, requested)`.
 
-    Returns the Subscription of `session` in its database. Raises ValueError
-    (channels.InvalidChannel for a channel too long or not encodable) when the
-    request breaks the rules on shape, count or size; drops, without error, channels
-    the session may not listen to.
+    `rules` is the process's ChannelPolicy, or whatever replaced it (ChannelRules).
     """
-    names = check_channel_list(requested, policy.max_channels)
-    db = session.dbname
-    encoded: set[str] = set()
-    presence_ids: set[int] = set()
-    dropped: list[str] = []
-    for name in names:
-        if name.startswith(PRESENCE_PREFIX):
-            partner_id = parse_presence_channel(name)
-            if partner_id is None or session.is_public:
-                dropped.append(name)
-                continue
-            presence_ids.add(partner_id)
-            encoded.add(_encode(db, ("res.partner", partner_id, "presence")))
-            continue
-        # Encoding first: an oversized or unencodable name refuses the request even
-        # when the policy would have dropped it, so the outcome does not depend on policy.
-        channel = _encode(db, name)
-        if _name_allowed(session, name, policy):
-            encoded.add(channel)
-        else:
-            dropped.append(name)
-    for channel in server_channels(session):
-        encoded.add(_encode(db, channel))
-    if dropped:
-        logger.debug("dropped %d channel(s) not allowed to %r: %s", len(dropped), session,
-                     ", ".join(repr(name[:80]) for name in dropped[:10]))
-    return Subscription(db, tuple(sorted(encoded)), tuple(sorted(presence_ids)), tuple(dropped))
+    return rules.authorize(session, requested)
 
 
-def _name_allowed(session: Session, name: str, policy: ChannelPolicy) -> bool:
-    if name == BROADCAST:
-        return True
-    if session.is_public:
-        return name in policy.public_channels
-    return policy.allows_name(name)
+def _matches_anything(patterns: tuple[str, ...]) -> bool:
+    return "*" in patterns
+
+
+@functools.lru_cache(maxsize=64)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """One compiled test for a tuple of fnmatch patterns (case-sensitive)."""
+    if _matches_anything(patterns):
+        return lambda name: True
+    if not patterns:
+        return lambda name: False
+    regex = re.compile("|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in patterns))
+    return lambda name: regex.match(name) is not None
 
 
 def _encode(db: str, channel) -> str:

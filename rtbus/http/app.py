@@ -71,14 +71,23 @@ class Application:
             Rule("/websocket", endpoint=websocket_route.websocket, websocket=True),
             Rule("/websocket", endpoint=websocket_route.websocket),
         ])
+        if self.serves_subscribers:
+            # Once per evented process start (HTTP workers apply the same configuration).
+            _logger.info("%s", self.policy.describe())
 
     @property
     def policy(self):
-        """The channel rules of this deployment."""
+        """The channel rules of this deployment (rtbus.bus.authorization.ChannelRules): the
+        one decision of every transport. A replacement assigned here before the evented
+        process makes its hub takes its place for websockets, long-polls and peeks."""
         if self._policy is None:
             from rtbus.bus.authorization import ChannelPolicy
             self._policy = ChannelPolicy.from_config(self.config)
         return self._policy
+
+    @policy.setter
+    def policy(self, rules) -> None:
+        self._policy = rules
 
     @property
     def presence(self):

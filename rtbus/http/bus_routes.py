@@ -2,8 +2,11 @@
 
 - ``/websocket/peek_notifications`` ``{channels, last, is_first_poll}`` →
   ``{"channels": [anchored channels], "notifications": [{"id", "message"}]}``.
-  The first poll marks the session as a bus session; a later poll of a session
-  without the mark (signed in or out meanwhile) is error 100 (session expired).
+  The first poll (``is_first_poll`` true) marks the session as a bus session; a
+  later poll of a session without the mark (signed in or out meanwhile, or no cookie
+  at all) is error 100, ``odoo.http.SessionExpiredException``, so the client starts
+  over with a first poll. The channels follow the rules of every transport
+  (rtbus.bus.authorization).
 - ``/websocket/on_closed`` → null; the signed-in user's presence goes offline.
 - ``/bus/has_missed_notifications`` ``{last_notification_id}`` → true when that
   row is gone (garbage-collected): the page missed notifications.

@@ -51,6 +51,9 @@ def websocket(app, request: Request) -> Response:
     agreed = (deflate.negotiate(request.headers.getlist("Sec-WebSocket-Extensions"))
               if app.config.websocket_compression else None)
     extensions, params = agreed if agreed is not None else (None, None)
+    # Never a Set-Cookie on the 101 (Odoo's released handlers mark the session dirty so
+    # that one rides on it): some browsers let a cookie on an upgrade answer replace the
+    # page's own session. What rtbus knows of a session stays in rtbus_session.
     response = Response(status=101, headers=handshake.response_headers(key, extensions))
     del response.headers["Content-Type"]
     remote = request.remote_addr or "?"

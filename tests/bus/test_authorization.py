@@ -1,7 +1,12 @@
-"""Channel authorization: pure rules first, then the implied-group case end to end."""
+"""Channel authorization: pure rules first, then the implied-group case end to end.
+
+Odoo 19's rule is the default: every session, public included, may listen to any string
+channel; the lock-down patterns (`public_channels`, `channel_allowlist`) drop names."""
 
 from __future__ import annotations
 
+import fnmatch
+import itertools
 import logging
 
 import orjson
@@ -10,7 +15,7 @@ import pytest
 from rtbus.bus import channels as bus_channels
 from rtbus.bus.authorization import (NON_STRING_CHANNEL, AfterSubscribeHooks, ChannelPolicy,
                                      SubscribeContext, Subscription, authorize,
-                                     parse_presence_channel)
+                                     parse_presence_channel, server_channels)
 from rtbus.config import Config
 from rtbus.db.pool import ConnectionPool
 from rtbus.session import Session, SessionStore, create_session, set_groups
@@ -47,13 +52,30 @@ def test_channels_are_sorted_and_unique():
     assert sub.channels.count(enc("a")) == 1 and sub.channels.count(enc("broadcast")) == 1
 
 
-def test_public_session_gets_only_broadcast_and_public_channels():
-    policy = ChannelPolicy(public_channels=frozenset({"news"}))
-    sub = authorize(PUBLIC, ["news", "private", "broadcast", "odoo-presence-res.partner_7",
-                             "res.partner", "News"], policy)
-    assert sub.channels == (enc("broadcast"), enc("news"))
-    assert sub.dropped == ("private", "odoo-presence-res.partner_7", "res.partner", "News")
-    assert sub.presence_partner_ids == ()
+def test_public_session_gets_any_string_channel_by_default():
+    """Odoo 19: a visitor without a user listens to what it asks for, plus broadcast."""
+    sub = authorize(PUBLIC, ["kiosk-7f3a", "live.chat.visitor_91", "News", "res.partner",
+                             "broadcast"], POLICY)
+    assert sub.channels == tuple(sorted({enc("broadcast"), enc("kiosk-7f3a"),
+                                         enc("live.chat.visitor_91"), enc("News"),
+                                         enc("res.partner")}))
+    assert sub.dropped == () and sub.presence_partner_ids == ()
+
+
+def test_public_channels_patterns_lock_down_public_sessions_only():
+    policy = ChannelPolicy(public_channels=("news", "lobby.*"))
+    requested = ["news", "lobby.main", "lobby", "private", "broadcast", "News", "res.partner"]
+    sub = authorize(PUBLIC, requested, policy)
+    assert sub.channels == (enc("broadcast"), enc("lobby.main"), enc("news"))
+    assert sub.dropped == ("lobby", "private", "News", "res.partner")
+    signed_in = authorize(USER, requested, policy)        # users are not concerned
+    assert signed_in.dropped == () and enc("private") in signed_in.channels
+
+
+def test_public_channels_broadcast_alone_or_empty_keeps_public_sessions_on_broadcast():
+    for patterns in (("broadcast",), ()):
+        sub = authorize(PUBLIC, ["news", "broadcast"], ChannelPolicy(public_channels=patterns))
+        assert sub.channels == (enc("broadcast"),) and sub.dropped == ("news",)
 
 
 def test_stored_public_session_gets_no_partner_channel_but_its_groups():
@@ -64,7 +86,7 @@ def test_stored_public_session_gets_no_partner_channel_but_its_groups():
 
 def test_dropping_is_logged_at_debug(caplog):
     with caplog.at_level(logging.DEBUG, logger="rtbus.bus.authorization"):
-        authorize(PUBLIC, ["secret"], POLICY)
+        authorize(PUBLIC, ["secret"], ChannelPolicy(public_channels=("news",)))
     assert "dropped 1 channel(s)" in caplog.text and "'secret'" in caplog.text
 
 
@@ -99,9 +121,9 @@ def test_huge_channel_names_are_refused():
         authorize(USER, ["x" * (limit + 1)], POLICY)
     with pytest.raises(ValueError):
         authorize(USER, ["y" * 1_000_000], POLICY)
-    # Refused even for a public session, which would have dropped the name anyway.
+    # Refused even for a public session whose rules would have dropped the name anyway.
     with pytest.raises(ValueError):
-        authorize(PUBLIC, ["y" * 1_000_000], POLICY)
+        authorize(PUBLIC, ["y" * 1_000_000], ChannelPolicy(public_channels=("news",)))
 
 
 def test_unencodable_names_are_refused():
@@ -109,34 +131,81 @@ def test_unencodable_names_are_refused():
         authorize(USER, ["\ud800"], POLICY)
 
 
-@pytest.mark.parametrize("name", [
+FORGERIES = [
     'res.partner", 7',
     '["mydb","res.partner",7]',
+    '["mydb","res.partner",8]',
+    '["mydb","res.partner",8,"presence"]',
+    '["mydb","res.groups",99]',
     'mydb","res.partner",7]',
     "res.partner,7",
+    "res.partner_8",
     "'; DROP TABLE bus_bus; --",
     "\" OR 1=1 --",
     "\x00",
     "res.groups",
-])
-def test_strings_never_collide_with_record_channels(name):
-    sub = authorize(USER, [name], POLICY)
+]
+
+
+@pytest.mark.parametrize("session", [USER, PUBLIC], ids=["user", "public"])
+@pytest.mark.parametrize("name", FORGERIES)
+def test_strings_never_collide_with_record_channels(session, name):
+    """Whatever the default lets through, a client string stays a two-string channel."""
+    sub = authorize(session, [name], POLICY)
     own = enc(name)
     assert own in sub.channels
     assert orjson.loads(own) == [DB, name]           # always two strings, whatever the text
-    for forged in (enc("res.partner", 7), enc("res.partner", 8), enc("res.groups", 99),
-                   enc("res.partner", 8, "presence")):
-        assert forged != own
-    assert enc("res.partner", 8) not in sub.channels
-    assert enc("res.groups", 99) not in sub.channels
+    records = {enc("res.partner", 7), enc("res.partner", 8), enc("res.groups", 99),
+               enc("res.partner", 8, "presence")}
+    assert own not in records
+    granted = {bus_channels.encode(DB, c) for c in server_channels(session)}
+    assert (set(sub.channels) - {own}) == granted    # nothing beyond what the server adds
 
 
-def test_allowlist_restricts_signed_in_clients():
+def test_allowlist_restricts_every_session():
     policy = ChannelPolicy(allowlist=("app.*", "exact"))
-    sub = authorize(USER, ["app.chat", "exact", "exactly", "App.chat", "other"], policy)
-    assert enc("app.chat") in sub.channels and enc("exact") in sub.channels
-    assert sub.dropped == ("exactly", "App.chat", "other")
-    assert enc("res.partner", 7) in sub.channels     # server channels are not filtered
+    requested = ["app.chat", "exact", "exactly", "App.chat", "other"]
+    for session in (USER, PUBLIC):
+        sub = authorize(session, requested, policy)
+        assert enc("app.chat") in sub.channels and enc("exact") in sub.channels
+        assert sub.dropped == ("exactly", "App.chat", "other")
+    assert enc("res.partner", 7) in authorize(USER, requested, policy).channels   # not filtered
+
+
+def test_public_sessions_need_both_lists():
+    policy = ChannelPolicy(allowlist=("app.*",), public_channels=("app.public.*", "other"))
+    sub = authorize(PUBLIC, ["app.public.news", "app.private", "other"], policy)
+    assert sub.channels == (enc("app.public.news"), enc("broadcast"))
+    assert sub.dropped == ("app.private", "other")
+
+
+PATTERNS = ["*", "a*", "a?c", "[ab]*", "[!a]*", "x.y", "*.chat", "[", "lit[eral", "", "ünï*"]
+NAMES = ["a", "abc", "aXc", "b", "ba", "x.y", "xzy", "live.chat", "[", "lit[eral", "", "ünïcode",
+         "a\nb", "A"]
+
+
+@pytest.mark.parametrize("patterns", [combo for size in (1, 2) for combo in
+                                      itertools.combinations(PATTERNS, size)])
+def test_patterns_match_as_fnmatchcase(patterns):
+    public = ChannelPolicy(public_channels=patterns)
+    allow = ChannelPolicy(allowlist=patterns)
+    for name in NAMES:
+        expected = name == "broadcast" or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        assert public.allows_name(PUBLIC, name) is expected, name
+        assert allow.allows_name(USER, name) is expected, name
+
+
+def test_rules_can_be_replaced_through_the_one_entry_point():
+    class OnlyEven:
+        def authorize(self, session, requested):
+            kept = [name for name in requested if len(name) % 2 == 0]
+            return Subscription(session.dbname, tuple(sorted(enc(name) for name in kept)))
+
+        def describe(self):
+            return "even names only"
+
+    sub = authorize(PUBLIC, ["ab", "abc"], OnlyEven())
+    assert sub.channels == (enc("ab"),)
 
 
 # -- presence ------------------------------------------------------------------------------------
@@ -151,10 +220,20 @@ def test_presence_channels_for_signed_in_sessions():
     assert enc("odoo-presence-res.partner_8") not in sub.channels
 
 
-def test_presence_channels_refused_to_public_sessions():
-    sub = authorize(PUBLIC, ["odoo-presence-res.partner_8"], ChannelPolicy(
-        public_channels=frozenset({"odoo-presence-res.partner_8"})))
+@pytest.mark.parametrize("policy", [POLICY, ChannelPolicy(public_channels=("odoo-presence-*",))])
+def test_presence_channels_refused_to_public_sessions(policy):
+    """Odoo 19 grants presence by record rules or an access token, which rtbus cannot
+    check: a public session gets no presence, and the name is no string channel either."""
+    names = ["odoo-presence-res.partner_8", "odoo-presence-res.partner_8-" + "a" * 64 + "o0x1",
+             "odoo-presence-mail.guest_3"]
+    sub = authorize(PUBLIC, names, policy)
     assert sub.channels == (enc("broadcast"),) and sub.presence_partner_ids == ()
+    assert sub.dropped == tuple(names)
+
+
+def test_allowlist_does_not_filter_presence():
+    sub = authorize(USER, ["odoo-presence-res.partner_8"], ChannelPolicy(allowlist=("app.*",)))
+    assert sub.presence_partner_ids == (8,)
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -184,10 +263,24 @@ def test_parse_presence_channel(name, expected):
 
 def test_policy_from_config():
     config = Config.defaults().replace(max_channels_per_subscription=3,
-                                       channel_allowlist="a*,b", public_channels="news")
+                                       channel_allowlist="a*,b", public_channels="news,lobby.*")
     assert ChannelPolicy.from_config(config) == ChannelPolicy(
-        max_channels=3, allowlist=("a*", "b"), public_channels=frozenset({"news"}))
-    assert ChannelPolicy.from_config(Config.defaults()) == ChannelPolicy()
+        max_channels=3, allowlist=("a*", "b"), public_channels=("news", "lobby.*"))
+    default = ChannelPolicy.from_config(Config.defaults())
+    assert default == ChannelPolicy() and default.public_channels == ("*",)
+    assert default.is_odoo_default
+
+
+def test_describe_names_the_rule_in_one_line():
+    default = ChannelPolicy().describe()
+    assert "Odoo 19's rule" in default and "any string channel (public_channels = *)" in default
+    assert "any name (channel_allowlist empty)" in default and "\n" not in default
+    locked = ChannelPolicy(max_channels=50, allowlist=("app.*",),
+                           public_channels=("news", "lobby.*")).describe()
+    assert "locked down" in locked and "names matching news, lobby.* (public_channels)" in locked
+    assert "only names matching app.* (channel_allowlist)" in locked and "at most 50" in locked
+    assert "broadcast only" in ChannelPolicy(public_channels=()).describe()
+    assert not ChannelPolicy(allowlist=("x",)).is_odoo_default
 
 
 # -- the after-subscribe hooks --------------------------------------------------------------------
