@@ -602,8 +602,8 @@ SETTINGS: tuple[Setting, ...] = (
                 metavar="PATTERN,...", help=(
             "fnmatch patterns (case-sensitive) a channel name requested by a session without "
             "a user (no cookie, or an anonymous session) must match; other names are dropped. "
-            "* allows any name, Odoo's rule; broadcast alone allows nothing more than "
-            "broadcast.")),
+            "The default \"*\" allows any name (Odoo's rule); \"broadcast\" alone allows "
+            "nothing beyond broadcast.")),
         Setting("channel_allowlist", "list", (), flags=("--channel-allowlist",),
                 metavar="PATTERN,...", help=(
             "fnmatch patterns (case-sensitive) a channel name requested by any session must "

@@ -277,7 +277,10 @@ def test_effective_groups_include_implied_ones_transitively(conn, pool, db):
 
 def test_peek_rules(conn, pool, db):
     store = store_for(pool, cache_seconds=60)
-    assert store.check_poll(db, None, is_first_poll=False).is_public
+    # No cookie: nothing carries the first poll's mark, so only a first poll passes.
+    assert store.check_poll(db, None, is_first_poll=True).is_public
+    with pytest.raises(SessionExpired):
+        store.check_poll(db, None, is_first_poll=False)
     sid = new_session(conn)
     with pytest.raises(SessionExpired):
         store.check_poll(db, sid, is_first_poll=False)    # never marked: logged in meanwhile

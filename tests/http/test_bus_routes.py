@@ -31,7 +31,7 @@ NO_SESSION_CACHE = {"RTBUS_SESSION_CHECK_CACHE_SECONDS": "0"}
 
 @pytest.fixture(scope="module")
 def server(module_servers):
-    return module_servers(name="busroutes", RTBUS_PUBLIC_CHANNELS="room", **NO_SESSION_CACHE)
+    return module_servers(name="busroutes", **NO_SESSION_CACHE)
 
 
 @pytest.fixture(params=["http", "longpolling"])
@@ -89,14 +89,14 @@ def test_peek_returns_channels_and_notifications(port, bus_db, publish):
 def test_peek_last_zero_or_above_the_max_replays_the_backlog(port, publish):
     recent = publish("room", "recent")
     for last in (0, 10**9):
-        status, _, body = rpc(port, PEEK, {"channels": ["room"], "last": last})
+        status, _, body = rpc(port, PEEK, {"channels": ["room"], "last": last, "is_first_poll": True})
         assert status == 200
         assert recent in [n["id"] for n in body["result"]["notifications"]]
 
 
 def test_peek_only_returns_the_sessions_channels(port, publish):
     secret = publish(("res.partner", 999), "secret")
-    status, _, body = rpc(port, PEEK, {"channels": ["room"], "last": secret - 1})
+    status, _, body = rpc(port, PEEK, {"channels": ["room"], "last": secret - 1, "is_first_poll": True})
     assert status == 200 and body["result"]["notifications"] == []
 
 
@@ -122,8 +122,8 @@ def test_peek_session_rules(port, db, publish):
 
 
 @pytest.mark.parametrize("params, fragment", [
-    ({"channels": [1], "last": 0}, "only string channels"),
-    ({"channels": "room", "last": 0}, "channels must be a list"),
+    ({"channels": [1], "last": 0, "is_first_poll": True}, "only string channels"),
+    ({"channels": "room", "last": 0, "is_first_poll": True}, "channels must be a list"),
     ({"channels": [], "last": -5}, "last must be"),
     ({"channels": [], "last": 0, "is_first_poll": "yes"}, "is_first_poll"),
     ({"last": 0}, "missing parameter(s): channels"),
@@ -272,7 +272,7 @@ def crash_db(crash_cluster):
 def test_dead_database_gives_503_on_every_route_then_recovers(crash_cluster, crash_db, module_servers):
     server = module_servers(name="crashroutes", cluster=crash_cluster, db=crash_db, **NO_SESSION_CACHE)
     ports = (server.http_port, server.longpolling_port)
-    calls = [(PEEK, {"channels": [], "last": 0}), ("/bus/has_missed_notifications",
+    calls = [(PEEK, {"channels": [], "last": 0, "is_first_poll": True}), ("/bus/has_missed_notifications",
                                                     {"last_notification_id": 1}),
              ("/bus/get_autovacuum_info", {})]
     try:
@@ -291,7 +291,8 @@ def test_dead_database_gives_503_on_every_route_then_recovers(crash_cluster, cra
         finally:
             crash_cluster.start()
         for port in ports:
-            wait_until(lambda: rpc(port, PEEK, {"channels": [], "last": 0})[0] == 200, 30,
+            first_poll = {"channels": [], "last": 0, "is_first_poll": True}
+            wait_until(lambda: rpc(port, PEEK, first_poll)[0] == 200, 30,
                        interval=0.3, message="peek to recover")
             assert http_get(port, "/websocket/health?db_server_status=1")[0] == 200
         assert "Traceback" not in server.log()
