@@ -12,8 +12,9 @@ memory one held poll costs.
         --db mydb --polls 5000
 
 The database is reached with libpq's environment (PGHOST, PGPORT, PGUSER...) or
---dsn, to publish. The server needs a public channel (``--public-channels``) or
-uses ``broadcast``; each poll counts against ``longpolling_max_polls``.
+--dsn, to publish. The polls are cookie-less: a server locked down with
+``public_channels`` must let the channel through. Each poll counts against
+``longpolling_max_polls``.
 Prints numbers only; it asserts nothing.
 """
 

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="clients are spread round robin over K channels (default 1)")
     clients.add_argument("--channel-prefix", default="bench",
                          help="channel names: PREFIX when K=1, else PREFIX0..PREFIX{K-1} "
-                         "(public sessions may only listen to the server's public_channels)")
+                         "(a server locked down with public_channels must let them through)")
     clients.add_argument("--ramp-rate", type=float, default=500.0, metavar="PER_S",
                          help="new connections per second while ramping up; 0: as fast as possible")
     clients.add_argument("--connect-concurrency", type=int, default=100, metavar="C",
