@@ -21,7 +21,7 @@ The rules of `ChannelPolicy`, by default those of Odoo 19's
 * Lock-down, optional: a string name must match one of the fnmatch patterns of
   `channel_allowlist` (every session; empty allows any) and, for a session without a
   user, one of `public_channels` (default `*`). Patterns are case-sensitive. A name a
-  rule refuses is dropped, never an error (Odoo keeps the connection, and so do we).
+  rule refuses is dropped, never an error: the subscription goes on with the others.
 * A client string can never equal a record channel: the encoded form is the JSON text
   of a list, a client string always yields a list of exactly two strings (quotes,
   brackets and commas inside `s` are escaped by JSON), while record channels have three

@@ -27,11 +27,6 @@ LOCKDOWN = {"RTBUS_PUBLIC_CHANNELS": "kiosk.*,lobby", "RTBUS_CHANNEL_ALLOWLIST":
 
 
 @pytest.fixture(scope="module")
-def bus_db(module_db):
-    return module_db
-
-
-@pytest.fixture(scope="module")
 def default_server(module_servers):
     return module_servers(name="rules-default")
 
@@ -39,6 +34,11 @@ def default_server(module_servers):
 @pytest.fixture(scope="module")
 def locked_server(module_servers):
     return module_servers(name="rules-locked", **LOCKDOWN)
+
+
+@pytest.fixture(scope="module")
+def bus_db(module_db):
+    return module_db
 
 
 @pytest.fixture(scope="module")
