@@ -183,24 +183,45 @@ def module_servers(pg_cluster, module_db, tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def module_publish(pg_cluster, module_db):
-    """``publish(channel, type="n", payload=None, count=1) -> [ids]`` into module_db.
+class Publish:
+    """``publish(channel, type="n", payload=None, count=1) -> [ids]`` into one database.
 
     Uses the Python API as an application would: rows before commit, NOTIFY
-    imbus on the `postgres` database after.
+    imbus on the `postgres` database after. `one(...)` returns the single id.
+    The one publishing helper of the suite (every publish fixture is one of these).
     """
-    from rtbus.bus.publish import Notifier, Publisher
 
-    conn = pg_cluster.connect(module_db)
-    publisher = Publisher(Notifier(imbus_db_name="postgres"))
+    def __init__(self, cluster, dbname: str):
+        from rtbus.bus.publish import Notifier, Publisher
 
-    def publish(channel, notification_type: str = "n", payload=None, count: int = 1) -> list[int]:
-        return publisher.publish(conn, module_db, [(channel, notification_type, payload)] * count)
+        self.dbname = dbname
+        self.conn = cluster.connect(dbname)
+        self.publisher = Publisher(Notifier(imbus_db_name="postgres"))
 
+    def __call__(self, channel, notification_type: str = "n", payload=None, count: int = 1) -> list[int]:
+        return self.publisher.publish(self.conn, self.dbname, [(channel, notification_type, payload)] * count)
+
+    def one(self, channel, notification_type: str = "n", payload=None) -> int:
+        (notification_id,) = self(channel, notification_type, payload)
+        return notification_id
+
+    def close(self) -> None:
+        self.publisher.notifier.close()
+        self.conn.close()
+
+
+@pytest.fixture(scope="module")
+def module_publish(pg_cluster, module_db):
+    """A `Publish` into module_db, for the module's tests."""
+    publish = Publish(pg_cluster, module_db)
     yield publish
-    publisher.notifier.close()
-    conn.close()
+    publish.close()
+
+
+@pytest.fixture(scope="module")
+def publish(module_publish):
+    """The module's `Publish` (module_publish), under the name the tests use."""
+    return module_publish
 
 
 @pytest.fixture(scope="module")

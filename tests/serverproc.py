@@ -13,9 +13,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+
+from waiting import wait_until  # noqa: F401  (re-exported: the suite's one bounded wait)
 
 RTBUS_SERVER = os.path.join(os.path.dirname(sys.executable), "rtbus-server")
 
@@ -29,18 +30,6 @@ def clean_environ() -> dict[str, str]:
     """The test runner's environment without anything that configures rtbus or libpq."""
     return {k: v for k, v in os.environ.items()
             if not k.startswith(("RTBUS_", "PG", "ODOO_"))}
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
-    """Poll `predicate` until it returns a truthy value; fail the test after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
 
 
 def children_of(pid: int) -> dict[int, str]:

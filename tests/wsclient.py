@@ -80,6 +80,21 @@ class RawWebsocket:
             self.pending.extend(self.parser.feed(chunk))
         return self.pending.pop(0)
 
+    def barrier(self, timeout: float = 5.0) -> None:
+        """Ping, and read until the pong: the server handled every message sent before
+        (see busclient.barrier). Frames read meanwhile stay queued for read_frame."""
+        token = os.urandom(8).hex().encode()
+        self.send_frame(Opcode.PING, token)
+        self.sock.settimeout(timeout)
+        seen: list[Frame] = []
+        while True:
+            frame = self.read_frame()
+            assert frame is not None, f"the connection ended (or {timeout} s passed) before our pong"
+            if frame.opcode == Opcode.PONG and frame.payload == token:
+                break
+            seen.append(frame)
+        self.pending[:0] = seen
+
     def read_close(self) -> tuple[int, str] | None:
         """Skip data frames until a close frame; return its (code, reason), None on EOF."""
         while True:

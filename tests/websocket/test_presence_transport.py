@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
-import websocket
 
+import busclient
+from busclient import barrier, send_event as send, subscribe
 from rtbus.session import create_session
 
 AWAY_MS = 31 * 60 * 1000      # past Odoo's 30 min AWAY_TIMER
@@ -29,13 +29,18 @@ def user(db, uid: int) -> str:
     return sid
 
 
-def connect(server, sid):
-    return websocket.create_connection(f"ws://127.0.0.1:{server.longpolling_port}/websocket", timeout=5,
-                                       cookie=f"session_id={sid}")
+def connect(server, sid=None):
+    return busclient.connect(server.longpolling_port, sid=sid)
 
 
-def send(ws, name, data):
-    ws.send(json.dumps({"event_name": name, "data": data}))
+def presence_rows(pg_cluster, dbname: str, where: str) -> list[tuple]:
+    conn = pg_cluster.connect(dbname)
+    try:
+        with conn.cursor() as cr:
+            cr.execute(f"SELECT user_id, status FROM rtbus_presence WHERE {where}")
+            return cr.fetchall()
+    finally:
+        conn.close()
 
 
 def statuses(ws, partner_id: int, count: int, timeout: float = 5.0) -> list[str]:
@@ -44,9 +49,8 @@ def statuses(ws, partner_id: int, count: int, timeout: float = 5.0) -> list[str]
     deadline = time.monotonic() + timeout
     while len(found) < count and time.monotonic() < deadline:
         ws.settimeout(max(deadline - time.monotonic(), 0.01))
-        try:
-            batch = json.loads(ws.recv())
-        except websocket.WebSocketTimeoutException:
+        batch = busclient.receive(ws, 1, timeout=max(deadline - time.monotonic(), 0.01))
+        if not batch:
             break
         for notification in batch:
             message = notification["message"]
@@ -57,8 +61,7 @@ def statuses(ws, partner_id: int, count: int, timeout: float = 5.0) -> list[str]
 
 def test_presence_changes_reach_subscribers(server, db):
     watcher = connect(server, user(db, 1))
-    send(watcher, "subscribe", {"channels": ["odoo-presence-res.partner_20"], "last": 10**9})
-    time.sleep(0.3)
+    subscribe(watcher, ["odoo-presence-res.partner_20"], last=10**9)
     tab = connect(server, user(db, 2))
     try:
         send(tab, "subscribe", {"channels": [], "last": 10**9})
@@ -77,8 +80,7 @@ def test_presence_changes_reach_subscribers(server, db):
 
 def test_many_tabs_of_one_user_go_offline_only_with_the_last(server, db):
     watcher = connect(server, user(db, 3))
-    send(watcher, "subscribe", {"channels": ["odoo-presence-res.partner_40"], "last": 10**9})
-    time.sleep(0.3)
+    subscribe(watcher, ["odoo-presence-res.partner_40"], last=10**9)
     sid = user(db, 4)
     tabs = [connect(server, sid) for _ in range(3)]
     try:
@@ -96,14 +98,18 @@ def test_many_tabs_of_one_user_go_offline_only_with_the_last(server, db):
         watcher.close()
 
 
-def test_missed_presence_is_pushed_right_after_subscribing(server, db):
+def test_missed_presence_is_pushed_right_after_subscribing(server, db, pg_cluster, module_db,
+                                                             module_publish):
     tab = connect(server, user(db, 5))
     try:
         send(tab, "update_presence", {"inactivity_period": 0})
-        time.sleep(0.3)
+        barrier(tab)                   # handled: the presence is written (see the next line)
+        assert presence_rows(pg_cluster, module_db, "user_id = 5") == [(5, "online")]
+        (marker,) = module_publish("nobody-listens", "marker")
         late = connect(server, user(db, 6))
         try:
-            send(late, "subscribe", {"channels": ["odoo-presence-res.partner_50"], "last": 10**9})
+            # Nothing before the marker is replayed: only the push can bring the presence.
+            subscribe(late, ["odoo-presence-res.partner_50"], last=marker, wait=False)
             assert statuses(late, 50, 1) == ["online"]
         finally:
             late.close()
@@ -112,23 +118,16 @@ def test_missed_presence_is_pushed_right_after_subscribing(server, db):
 
 
 def test_bad_update_presence_is_ignored_and_public_sessions_write_nothing(server, db, pg_cluster, module_db):
-    anonymous = websocket.create_connection(f"ws://127.0.0.1:{server.longpolling_port}/websocket", timeout=5)
+    anonymous = connect(server)
     tab = connect(server, user(db, 7))
     try:
         send(anonymous, "update_presence", {"inactivity_period": 0})
         send(tab, "update_presence", {"inactivity_period": "soon"})
         send(tab, "update_presence", [])
-        send(tab, "subscribe", {"channels": ["odoo-presence-res.partner_70"], "last": 10**9})
-        time.sleep(0.5)
-        conn = pg_cluster.connect(module_db)
-        try:
-            with conn.cursor() as cr:
-                cr.execute("SELECT count(*) FROM rtbus_presence WHERE user_id IN (7) OR user_id IS NULL")
-                assert cr.fetchone()[0] == 0
-        finally:
-            conn.close()
-        tab.ping(b"still open")
-        assert tab.recv_data_frame(control_frame=True)[0] == websocket.ABNF.OPCODE_PONG
+        subscribe(tab, ["odoo-presence-res.partner_70"], last=10**9)
+        # Every event above was handled (the barriers), and wrote nothing.
+        assert barrier(anonymous) and barrier(tab), "a connection closed instead of ignoring"
+        assert presence_rows(pg_cluster, module_db, "user_id IN (7) OR user_id IS NULL") == []
     finally:
         anonymous.close()
         tab.close()

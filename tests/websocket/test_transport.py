@@ -13,6 +13,8 @@ import websocket
 
 from rtbus.websocket.frames import Frame, Opcode, encode_close
 from rtbus.websocket.handshake import WORKER_VERSION
+from busclient import (connect, nothing_more, receive, receive_ids, receive_wanted,
+                       received_before, subscribe)
 from serverproc import http_get
 from wsclient import RawWebsocket
 
@@ -35,60 +37,6 @@ def tight_server(module_servers):
                           RTBUS_MAILBOX_MAX_BYTES="131072", RTBUS_WEBSOCKET_SEND_TIMEOUT="2")
 
 
-@pytest.fixture(scope="module")
-def publish(module_publish):
-    return module_publish
-
-
-def connect(port: int, **kwargs) -> websocket.WebSocket:
-    return websocket.create_connection(f"ws://127.0.0.1:{port}/websocket", timeout=5, **kwargs)
-
-
-def subscribe(ws, channels, last=0):
-    ws.send(json.dumps({"event_name": "subscribe", "data": {"channels": channels, "last": last}}))
-
-
-def receive(ws, count: int, timeout: float = 5.0) -> list[dict]:
-    """Collect notifications until `count` arrived (batches may hold several)."""
-    got: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count:
-        ws.settimeout(max(deadline - time.monotonic(), 0.01))
-        try:
-            got.extend(json.loads(ws.recv()))
-        except websocket.WebSocketTimeoutException:
-            break
-    return got
-
-
-def receive_ids(ws, ids: list[int], timeout: float = 5.0) -> list[int]:
-    """Read until every id in `ids` arrived; return the ids received among `ids`, in order.
-
-    Anything else (the 50 s backlog replayed on subscribe, other tests'
-    notifications) is skipped; a duplicate of an expected id is kept, so the
-    caller's equality check catches it.
-    """
-    wanted = set(ids)
-    got: list[int] = []
-    deadline = time.monotonic() + timeout
-    while not wanted <= set(got) and time.monotonic() < deadline:
-        ws.settimeout(max(deadline - time.monotonic(), 0.01))
-        try:
-            got.extend(n["id"] for n in json.loads(ws.recv()) if n["id"] in wanted)
-        except websocket.WebSocketTimeoutException:
-            break
-    return got
-
-
-def nothing_more(ws, wait: float = 0.5) -> bool:
-    ws.settimeout(wait)
-    try:
-        ws.recv()
-    except websocket.WebSocketTimeoutException:
-        return True
-    return False
-
-
 # -- the happy path ------------------------------------------------------------
 
 
@@ -96,9 +44,8 @@ def test_subscribe_publish_receive(server, publish):
     ws = connect(server.longpolling_port)
     try:
         subscribe(ws, ["room"])
-        time.sleep(0.2)
         ids = publish("room", "hello", {"text": "hi"}) + publish("broadcast", "news", [1, 2])
-        got = [n for n in receive(ws, 2) if n["id"] in ids]
+        got = receive_wanted(ws, ids)
         assert got == [{"id": ids[0], "message": {"type": "hello", "payload": {"text": "hi"}}},
                        {"id": ids[1], "message": {"type": "news", "payload": [1, 2]}}]
         assert nothing_more(ws)
@@ -111,11 +58,11 @@ def test_channels_stay_apart(server, publish):
     try:
         subscribe(room, ["room"])
         subscribe(lobby, ["lobby"])
-        time.sleep(0.2)
         (lobby_id,) = publish("lobby", "only-lobby")
-        got = receive(lobby, 100, timeout=1.0)
-        assert [n["id"] for n in got if n["message"]["type"] == "only-lobby"] == [lobby_id]
-        assert all(n["message"]["type"] != "only-lobby" for n in receive(room, 100, timeout=0.5))
+        (room_id,) = publish("room", "after")
+        assert receive_ids(lobby, [lobby_id]) == [lobby_id]
+        # A subscriber gets its notifications in id order: a lobby one would come first.
+        assert lobby_id not in received_before(room, room_id)
     finally:
         room.close()
         lobby.close()
@@ -148,14 +95,13 @@ def test_last_above_the_max_id_counts_as_zero(server, publish):
 def test_many_subscribers_each_get_each_notification_once(server, publish):
     clients = [connect(server.longpolling_port) for _ in range(20)]
     try:
+        (marker,) = publish("nobody-listens", "marker")     # nothing older is replayed
         for ws in clients:
-            subscribe(ws, ["room"], last=10**9)
-        time.sleep(0.3)
-        for ws in clients:      # drain the backlog replay
-            receive(ws, 100, timeout=0.3)
+            subscribe(ws, ["room"], last=marker)
         ids = publish("room", "burst", None, count=30)
         for ws in clients:
             assert receive_ids(ws, ids) == ids
+            assert nothing_more(ws, wait=0.1)
     finally:
         for ws in clients:
             ws.close()
@@ -197,7 +143,6 @@ def test_bad_events_are_logged_and_the_connection_kept(server, publish, message)
         ws.send(message)
         ws.send_binary(b"\x00")      # the browser worker's probe: ignored
         subscribe(ws, ["room"])
-        time.sleep(0.2)
         ids = publish("room", "still-here")
         assert receive_ids(ws, ids) == ids
     finally:
@@ -316,7 +261,6 @@ def test_current_version_or_no_user_agent_stays_open(server, publish):
     for ws in (current, no_agent):
         try:
             subscribe(ws, ["room"])
-            time.sleep(0.2)
             ids = publish("room", "version-ok")
             assert receive_ids(ws, ids) == ids
         finally:
@@ -362,9 +306,9 @@ def test_slow_consumer_is_dropped_without_delaying_others(tight_server, publish)
     received: list[dict] = []
     try:
         slow.send_text(json.dumps({"event_name": "subscribe", "data": {"channels": [], "last": 10**9}}))
-        subscribe(fast, [], last=10**9)
-        time.sleep(0.3)
-        receive(fast, 1000, timeout=0.3)       # drain any backlog replay
+        slow.barrier()
+        (marker,) = publish("nobody-listens", "marker")     # nothing older is replayed
+        subscribe(fast, [], last=marker)
         reader = threading.Thread(target=lambda: received.extend(receive(fast, 200, timeout=20)))
         reader.start()
         payload = "x" * 16384
@@ -385,7 +329,6 @@ def test_sigterm_closes_websockets_with_1001(start_server):
     ws = connect(server.longpolling_port)
     try:
         subscribe(ws, [])
-        time.sleep(0.2)
         server.signal(signal.SIGTERM)
         ws.settimeout(10)
         opcode, frame = ws.recv_data_frame(control_frame=True)
@@ -404,7 +347,6 @@ def test_single_mode_serves_websockets_too(start_server, server_env):
     ws = connect(server.http_port)
     try:
         subscribe(ws, [])
-        time.sleep(0.2)
         from http_client import post_json
         status, _, body = post_json(server.http_port, "/bus/publish",
                                     {"jsonrpc": "2.0", "method": "call", "id": 1,
@@ -448,6 +390,17 @@ def _read_all(sock, timeout: float = 5.0) -> tuple[bytes, bool]:
         return data, False
 
 
+def _read_until(sock, wanted: bytes, timeout: float = 5.0) -> bytes:
+    """What the server sent until `wanted` appeared in it (fails after `timeout`)."""
+    sock.settimeout(timeout)
+    data = b""
+    while wanted not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection ended before {wanted!r}"
+        data += chunk
+    return data
+
+
 def test_close_sent_with_the_handshake_is_echoed_and_ends_the_connection(server):
     sock = _handshake_with(server.longpolling_port,
                            Frame(True, Opcode.CLOSE, encode_close(1000, "bye")).serialize(mask=b"abcd"))
@@ -465,10 +418,11 @@ def test_subscribe_sent_with_the_handshake_is_not_lost(server, publish):
         {"event_name": "subscribe", "data": {"channels": ["room"], "last": 10**9}}).encode())
     sock = _handshake_with(server.longpolling_port, subscribe_frame.serialize(mask=b"wxyz"))
     try:
-        time.sleep(0.3)
+        # Our pong comes after the subscribe was handled (see busclient.barrier).
+        sock.sendall(Frame(True, Opcode.PING, b"eager").serialize(mask=b"abcd"))
+        data = _read_until(sock, Frame(True, Opcode.PONG, b"eager").serialize())
         (notification_id,) = publish("room", "eager")
         deadline = time.monotonic() + 5
-        data = b""
         sock.settimeout(0.2)
         while f'"id":{notification_id},'.encode() not in data and time.monotonic() < deadline:
             try:

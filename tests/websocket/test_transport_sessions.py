@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 
 import pytest
 import websocket
 
+import busclient
+from busclient import close_code, receive_ids
 from rtbus.session import create_session, revoke_session
+from waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -37,27 +39,50 @@ def new_session(db, uid: int = 7, partner_id: int = 70) -> str:
     return sid
 
 
-def connect(server, sid: str | None) -> websocket.WebSocket:
-    cookie = f"session_id={sid}" if sid else None
-    return websocket.create_connection(f"ws://127.0.0.1:{server.longpolling_port}/websocket",
-                                       timeout=5, cookie=cookie)
+def connect(server, sid: str | None):
+    return busclient.connect(server.longpolling_port, sid=sid)
 
 
-def subscribe(ws, channels, last=10**9):
-    ws.send(json.dumps({"event_name": "subscribe", "data": {"channels": channels, "last": last}}))
+def subscribe(ws, channels, last=10**9, wait=True):
+    busclient.subscribe(ws, channels, last=last, wait=wait)
 
 
-def close_code(ws, timeout: float = 5.0) -> int | None:
-    ws.settimeout(timeout)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            opcode, frame = ws.recv_data_frame(control_frame=True)
-        except (websocket.WebSocketTimeoutException, websocket.WebSocketConnectionClosedException):
-            return None
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            return struct.unpack("!H", frame.data[:2])[0]
-    return None
+def sql_publish(db, channel: str, notification_type: str = "n") -> int:
+    """Publish with the SQL function: its NOTIFY imbus goes out in this database, on the
+    dispatcher link that also carries NOTIFY rtbus_session, so after a revocation
+    committed before it (PostgreSQL delivers a listener's NOTIFYs in commit order, and the
+    dispatcher applies them in that order before it fetches)."""
+    with db.cursor() as cr:
+        cr.execute("SELECT rtbus_sendone(%s::jsonb, %s, 'null')", (json.dumps(channel), notification_type))
+        (notification_id,) = cr.fetchone()
+    db.commit()
+    return notification_id
+
+
+def revoke_and_wait(server, db, sid: str) -> None:
+    """Revoke `sid`, and wait until the server took the revocation in: a marker published
+    after it, the same way, reached a watcher of another session."""
+    revoke_session(db, sid)
+    db.commit()
+    watcher = connect(server, new_session(db, uid=9, partner_id=90))
+    try:
+        subscribe(watcher, ["revocation-marker"])
+        marker = sql_publish(db, "revocation-marker")
+        assert receive_ids(watcher, [marker]) == [marker]
+    finally:
+        watcher.close()
+
+
+def blocked_on_lock(cluster, dbname: str) -> int:
+    """Backends in `dbname` (rtbus's: the test's own never wait) waiting for a lock."""
+    conn = cluster.connect("postgres")
+    try:
+        with conn.cursor() as cr:
+            cr.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                       " AND wait_event_type = 'Lock'", (dbname,))
+            return cr.fetchone()[0]
+    finally:
+        conn.close()
 
 
 def test_signed_in_user_receives_private_and_partner_channels(server, db, module_publish):
@@ -65,13 +90,8 @@ def test_signed_in_user_receives_private_and_partner_channels(server, db, module
     ws = connect(server, sid)
     try:
         subscribe(ws, ["team-secret-4f9a"])
-        time.sleep(0.3)
         ids = module_publish("team-secret-4f9a") + module_publish(("res.partner", 80))
-        got = []
-        ws.settimeout(5)
-        while len(got) < 2:
-            got += [n["id"] for n in json.loads(ws.recv()) if n["id"] in ids]
-        assert got == ids
+        assert receive_ids(ws, ids) == ids
     finally:
         ws.close()
 
@@ -81,13 +101,10 @@ def test_revoked_session_is_closed_4001_on_its_next_message(server, db):
     ws = connect(server, sid)
     try:
         subscribe(ws, ["a"])
-        time.sleep(0.3)
-        revoke_session(db, sid)
-        db.commit()
         # The server caches session checks (10 s by default); the revocation
         # reaches it through NOTIFY rtbus_session, within milliseconds.
-        time.sleep(0.2)
-        subscribe(ws, ["b"])
+        revoke_and_wait(server, db, sid)
+        subscribe(ws, ["b"], wait=False)
         assert close_code(ws) == 4001
     finally:
         ws.close()
@@ -98,11 +115,9 @@ def test_revoked_session_gets_4001_instead_of_a_pending_notification(server, db,
     ws = connect(server, sid)
     try:
         subscribe(ws, ["private-c1"])
-        time.sleep(0.3)
         revoke_session(db, sid)
         db.commit()
-        time.sleep(0.2)     # NOTIFY rtbus_session propagation, as above
-        module_publish("private-c1", "must-not-arrive")
+        sql_publish(db, "private-c1", "must-not-arrive")     # heard after the revocation
         ws.settimeout(5)
         opcode, frame = ws.recv_data_frame(control_frame=True)
         assert opcode == websocket.ABNF.OPCODE_CLOSE, frame.data
@@ -136,9 +151,11 @@ def test_exhausted_pool_closes_with_1013_not_1011(start_server, server_env, db, 
         with locker.cursor() as cr:
             cr.execute("LOCK TABLE rtbus_session IN ACCESS EXCLUSIVE MODE")
         for ws in clients[:2]:
-            subscribe(ws, ["x"])
-        time.sleep(0.3)
-        subscribe(clients[2], ["x"])
+            subscribe(ws, ["x"], wait=False)
+        # Both checks hold their pooled connection, blocked on the lock.
+        wait_until(lambda: blocked_on_lock(pg_cluster, bus_db) == 2, 10,
+                   message="two session checks waiting for the lock")
+        subscribe(clients[2], ["x"], wait=False)
         assert close_code(clients[2]) == 1013
     finally:
         locker.rollback()

@@ -1,0 +1,164 @@
+"""A well-behaved bus client over websocket-client, shared by the transport tests.
+
+`connect` opens ``/websocket`` as a `BusSocket`; `subscribe` sends the event and
+waits, bounded, until the server has handled it; `receive`/`receive_ids` read
+notifications. For frames a good client never sends, use wsclient.RawWebsocket.
+
+How `barrier` knows the server handled what came before: the server reads a
+connection's frames in order, handles each data message (a subscribe is then
+queued at the dispatcher, which delivers everything committed afterwards, live
+or as its catch-up) and only then sends the pong its ping asked for. So a pong
+for our own ping proves every earlier message was handled: no fixed sleep.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import struct
+import time
+
+import websocket
+
+_tokens = itertools.count(1)
+
+
+class BusSocket(websocket.WebSocket):
+    """websocket-client's WebSocket; keeps the batches a barrier read past, and a close."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pending: list[list[dict]] = []      # batches read while waiting for a pong
+        self.close_received: int | None = None   # the code of a close frame read meanwhile
+
+
+def connect(port: int, *, sid: str | None = None, path: str = "/websocket", timeout: float = 5,
+            **kwargs) -> BusSocket:
+    """A websocket to 127.0.0.1:`port`, with the `session_id` cookie `sid` if given."""
+    if sid is not None:
+        kwargs["cookie"] = f"session_id={sid}"
+    return websocket.create_connection(f"ws://127.0.0.1:{port}{path}", timeout=timeout,
+                                       class_=BusSocket, **kwargs)
+
+
+def send_event(ws, name: str, data) -> None:
+    ws.send(json.dumps({"event_name": name, "data": data}))
+
+
+def subscribe(ws, channels, last: int = 0, wait: bool = True) -> None:
+    """Send ``subscribe``; with `wait`, return once the server has handled it (see barrier)."""
+    send_event(ws, "subscribe", {"channels": channels, "last": last})
+    if wait:
+        barrier(ws)
+
+
+def barrier(ws, timeout: float = 5.0) -> bool:
+    """Ping and read until our pong: every message sent before was handled by the server.
+
+    Notifications read meanwhile are kept for `receive`. Returns False, without
+    failing, when the server closed instead (the close code is kept for `close_code`).
+    """
+    token = f"barrier-{os.getpid()}-{next(_tokens)}".encode()
+    ws.ping(token)
+    deadline = time.monotonic() + timeout
+    while True:
+        ws.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            opcode, frame = ws.recv_data_frame(control_frame=True)
+        except websocket.WebSocketTimeoutException:
+            raise AssertionError(f"no pong within {timeout} s: the server did not read on") from None
+        except websocket.WebSocketConnectionClosedException:
+            return False
+        if opcode == websocket.ABNF.OPCODE_PONG and frame.data == token:
+            return True
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            ws.close_received = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else None
+            return False
+        if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+            ws.pending.append(json.loads(frame.data))
+
+
+def _next_batch(ws, deadline: float) -> list[dict] | None:
+    pending = getattr(ws, "pending", None)
+    if pending:
+        return pending.pop(0)
+    ws.settimeout(max(deadline - time.monotonic(), 0.01))
+    try:
+        return json.loads(ws.recv())
+    except websocket.WebSocketTimeoutException:
+        return None
+
+
+def receive(ws, count: int, timeout: float = 5.0) -> list[dict]:
+    """Notifications until `count` arrived (batches may hold several) or `timeout` passed."""
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        batch = _next_batch(ws, deadline)
+        if batch is None:
+            break
+        got.extend(batch)
+    return got
+
+
+def receive_ids(ws, ids, timeout: float = 5.0) -> list[int]:
+    """Read until every id in `ids` arrived; return the ids received among `ids`, in order.
+
+    Anything else (a backlog replayed on subscribe, other tests' notifications) is
+    skipped; a duplicate of an expected id is kept, so an equality check catches it.
+    """
+    return [n["id"] for n in receive_wanted(ws, ids, timeout)]
+
+
+def receive_wanted(ws, ids, timeout: float = 5.0) -> list[dict]:
+    """Like receive_ids, but the notifications themselves."""
+    wanted = set(ids)
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while not wanted <= {n["id"] for n in got} and time.monotonic() < deadline:
+        batch = _next_batch(ws, deadline)
+        if batch is None:
+            break
+        got.extend(n for n in batch if n["id"] in wanted)
+    return got
+
+
+def received_before(ws, marker: int, timeout: float = 5.0) -> set[int]:
+    """Ids received up to and including `marker` (published last): what the server sent
+    before it, with no fixed wait, since a subscriber gets its notifications in id order."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        batch = _next_batch(ws, deadline)
+        assert batch is not None, f"notification {marker} did not arrive within {timeout} s"
+        seen.update(n["id"] for n in batch)
+    return seen
+
+
+def nothing_more(ws, wait: float = 0.5) -> bool:
+    """True when no data frame arrives within `wait` seconds."""
+    if getattr(ws, "pending", None):
+        return False
+    ws.settimeout(wait)
+    try:
+        ws.recv()
+    except websocket.WebSocketTimeoutException:
+        return True
+    return False
+
+
+def close_code(ws, timeout: float = 5.0) -> int | None:
+    """The code of the server's close frame (skipping anything else), None if none came."""
+    if getattr(ws, "close_received", None) is not None:
+        return ws.close_received
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ws.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            opcode, frame = ws.recv_data_frame(control_frame=True)
+        except (websocket.WebSocketTimeoutException, websocket.WebSocketConnectionClosedException):
+            return None
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return struct.unpack("!H", frame.data[:2])[0]
+    return None

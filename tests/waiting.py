@@ -1,0 +1,82 @@
+"""Bounded waits on observable state: the one place where the tests poll.
+
+A test never sleeps a fixed time hoping the server got there. It waits, with a
+bound, for something it can see: a value the server reports on ``/metrics``, a
+log line, a process or socket state, the dispatcher's ``wait_applied``. The poll
+interval below is the only pacing; every wait ends as soon as its condition holds.
+
+`poll` has no pytest dependency (scripts such as db/netfault.py use it); the
+others fail the test with a sentence naming what did not happen.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import time
+
+POLL_INTERVAL = 0.02     # seconds between two looks; short, since a look is cheap
+
+
+def poll(predicate, timeout: float, interval: float = POLL_INTERVAL):
+    """Call `predicate` until it returns a truthy value (returned) or `timeout` s pass (None)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        time.sleep(min(interval, remaining))
+
+
+def wait_until(predicate, timeout: float, interval: float = POLL_INTERVAL, message: str = "condition"):
+    """`poll`, failing the test after `timeout` s; returns the predicate's truthy value."""
+    value = poll(predicate, timeout, interval)
+    if not value:
+        import pytest
+
+        pytest.fail(f"timed out after {timeout} s waiting for {message}")
+    return value
+
+
+# -- /metrics ------------------------------------------------------------------------------
+
+_SAMPLE = re.compile(r'^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$', re.M)
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape_text(port: int, timeout: float = 5.0) -> str:
+    """The body of GET /metrics on 127.0.0.1:`port` (the answering process refreshes its own
+    figures first, so a value read there is current for that process)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 200, f"/metrics answered {response.status}"
+        return body.decode()
+    finally:
+        conn.close()
+
+
+def metric(port: int, name: str, kinds: tuple[str, ...] = ("gevent", "single"), **labels: str) -> float:
+    """The sum of family `name`'s samples from processes of `kinds` matching `labels`."""
+    total = 0.0
+    for match in _SAMPLE.finditer(scrape_text(port)):
+        if match["name"] != name:
+            continue
+        found = dict(_LABEL.findall(match["labels"]))
+        if found.get("kind") in kinds and all(found.get(k) == v for k, v in labels.items()):
+            total += float(match["value"])
+    return total
+
+
+def wait_metric(port: int, name: str, at_least: float, timeout: float = 10.0, **labels: str) -> float:
+    """Wait until `metric(port, name, **labels)` reaches `at_least`; return its value."""
+    def reached():
+        value = metric(port, name, **labels)
+        return (value,) if value >= at_least else None
+
+    return wait_until(reached, timeout, message=f"{name} >= {at_least} on port {port}")[0]
