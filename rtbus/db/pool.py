@@ -59,6 +59,8 @@ class ConnectionPool:
     db_pool_max_waiting setting); idle connections unused for `idle_timeout`
     seconds are closed; `on_connect(conn)` runs once on each new connection, and if it
     raises the connection is closed and the error propagates to the borrower.
+    `clock` (default `time.monotonic`) measures idle ages, the time spent waiting and
+    the interval between two warnings; a borrower's timeout is real time whatever it is.
 
     Connections are lent with psycopg2 defaults (a transaction opens at the first
     statement, not autocommit). On give-back the pool rolls back and restores the
@@ -69,7 +71,8 @@ class ConnectionPool:
 
     def __init__(self, name: str, maxconn: int, connect_kwargs: dict, *, timeout: float = 1.0,
                  max_waiting: int = 1024, idle_timeout: float = 600.0,
-                 on_connect: Callable[[object], None] | None = None):
+                 on_connect: Callable[[object], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         if "dbname" in connect_kwargs or "database" in connect_kwargs:
             raise ValueError("connect_kwargs must not name a database: the pool serves several")
         self.name = name
@@ -79,6 +82,7 @@ class ConnectionPool:
         self.idle_timeout = idle_timeout
         self._connect_kwargs = dict(connect_kwargs)
         self._on_connect = on_connect
+        self._clock = clock
         self._lock = threading.Lock()
         self._idle: list[_Entry] = []            # oldest give-back first
         self._in_use: dict[int, _Entry] = {}     # id(conn) -> entry
@@ -185,7 +189,7 @@ class ConnectionPool:
                 self._counters["discards"] += 1
                 self._release_slot_locked()
             else:
-                entry.last_used = time.monotonic()
+                entry.last_used = self._clock()
                 conn = self._hand_over_locked(entry)
         if conn is not None:
             _close_quietly([conn])
@@ -220,7 +224,7 @@ class ConnectionPool:
 
     def _prune_idle_locked(self) -> list:
         """Drop idle connections that are closed or unused for too long; return those to close."""
-        cutoff = time.monotonic() - self.idle_timeout
+        cutoff = self._clock() - self.idle_timeout
         keep, drop = [], []
         for entry in self._idle:
             (drop if entry.conn.closed or entry.last_used < cutoff else keep).append(entry)
@@ -247,8 +251,8 @@ class ConnectionPool:
         waiter = _Waiter(dbname, threading.Condition(self._lock))
         self._waiters.append(waiter)
         self._counters["waits"] += 1
-        started = time.monotonic()
-        deadline = started + timeout
+        started = self._clock()
+        deadline = time.monotonic() + timeout
         try:
             while waiter.outcome is None:
                 remaining = deadline - time.monotonic()
@@ -261,7 +265,7 @@ class ConnectionPool:
             self._abandon_locked(waiter)
             raise
         finally:
-            self._wait_seconds_total += time.monotonic() - started
+            self._wait_seconds_total += self._clock() - started
         if waiter.outcome is None:
             self._waiters.remove(waiter)
             raise self._error_locked(
@@ -336,7 +340,7 @@ class ConnectionPool:
         in_use = len(self._in_use) + self._opening
         message = (f"{reason} ({in_use}/{self._size_locked()} in use, "
                    f"{len(self._waiters)} waiting, max {self.maxconn})")
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_warning >= 1.0:
             suppressed, self._suppressed_warnings = self._suppressed_warnings, 0
             self._last_warning = now

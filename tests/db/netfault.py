@@ -32,6 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from serverproc import http_get  # noqa: E402
+from waiting import poll  # noqa: E402
 
 PROXY_ADDRESS = "127.0.0.2"
 
@@ -94,13 +95,13 @@ def wait_log(path: str, pattern: str, timeout: float, since: int = 0) -> float |
     """Seconds until `pattern` appears in the log after byte `since`, or None."""
     started = time.monotonic()
     regexp = re.compile(pattern)
-    while time.monotonic() - started < timeout:
+
+    def logged():
         with open(path, "r", errors="replace") as log:
             log.seek(since)
-            if regexp.search(log.read()):
-                return time.monotonic() - started
-        time.sleep(0.05)
-    return None
+            return regexp.search(log.read()) is not None
+
+    return time.monotonic() - started if poll(logged, timeout) else None
 
 
 def health(port: int) -> int:

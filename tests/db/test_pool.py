@@ -16,6 +16,7 @@ import pytest
 from rtbus.db.cluster import free_loopback_port
 from rtbus.db.pool import ConnectionPool
 from rtbus.errors import PoolError
+from waiting import wait_until
 
 
 @pytest.fixture
@@ -40,11 +41,21 @@ def backend_pid(conn) -> int:
         return cur.fetchone()[0]
 
 
+class FakeClock:
+    """The pool's clock, moved by hand: ages and intervals without waiting them out."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
+    wait_until(predicate, timeout, message="the pool's stats to show it")
 
 
 def start_thread(target):
@@ -101,35 +112,41 @@ def test_exhaustion_names_the_pool_and_the_numbers(make_pool, fresh_db, caplog):
 
 
 def test_pool_warnings_are_rate_limited(make_pool, fresh_db, caplog):
-    pool = make_pool(maxconn=1)
+    clock = FakeClock()
+    pool = make_pool(maxconn=1, clock=clock)
     held = pool.borrow(fresh_db)
     with caplog.at_level(logging.WARNING, logger="rtbus.db.pool"):
         for _ in range(4):
             with pytest.raises(PoolError):
                 pool.borrow(fresh_db, timeout=0)
         assert len(caplog.records) == 1
-        time.sleep(1.05)
+        clock.advance(0.99)
+        with pytest.raises(PoolError):
+            pool.borrow(fresh_db, timeout=0)
+        assert len(caplog.records) == 1
+        clock.advance(0.02)
         with pytest.raises(PoolError):
             pool.borrow(fresh_db, timeout=0)
     assert len(caplog.records) == 2
-    assert "3 similar errors suppressed" in caplog.records[1].getMessage()
-    assert pool.stats()["pool_errors"] == 5
+    assert "4 similar errors suppressed" in caplog.records[1].getMessage()
+    assert pool.stats()["pool_errors"] == 6
     pool.give_back(held)
 
 
 def test_waiter_gets_the_connection_given_back(make_pool, fresh_db):
-    pool = make_pool(maxconn=1)
+    clock = FakeClock()
+    pool = make_pool(maxconn=1, clock=clock)
     held = pool.borrow(fresh_db)
     got = []
     thread = start_thread(lambda: got.append(pool.borrow(fresh_db, timeout=10)))
     wait_for(lambda: pool.stats()["waiting"] == 1)
-    time.sleep(0.1)
+    clock.advance(0.25)                  # the waiter waits this long, as the pool counts
     pool.give_back(held)
     thread.join(5)
     assert got == [held]            # handed over directly, no reconnect
     stats = pool.stats()
     assert (stats["waits"], stats["connects"], stats["waiting"], stats["pool_errors"]) == (1, 1, 0, 0)
-    assert stats["wait_seconds_total"] >= 0.1
+    assert stats["wait_seconds_total"] == pytest.approx(0.25)
     pool.give_back(got[0])
 
 
@@ -203,14 +220,13 @@ def terminate(pg_cluster, pid: int) -> None:
     with pg_cluster.connect() as admin, admin.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
         admin.commit()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+
+        def gone():
             cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
             admin.commit()
-            if cur.fetchone()[0] == 0:
-                return
-            time.sleep(0.02)
-    pytest.fail(f"backend {pid} still there 10 s after pg_terminate_backend")
+            return cur.fetchone()[0] == 0
+
+        wait_until(gone, 10, message=f"backend {pid} to end after pg_terminate_backend")
 
 
 def test_idle_connection_whose_backend_ended_is_replaced_at_borrow(make_pool, pg_cluster, fresh_db):
@@ -261,10 +277,14 @@ def test_explicit_discard(make_pool, fresh_db):
 
 
 def test_idle_connections_expire(make_pool, fresh_db):
-    pool = make_pool(idle_timeout=0.2)
+    clock = FakeClock()
+    pool = make_pool(idle_timeout=0.2, clock=clock)
     with pool.connection(fresh_db) as conn:
         first = conn
-    time.sleep(0.3)
+    clock.advance(0.19)
+    with pool.connection(fresh_db) as conn:      # younger than idle_timeout: kept
+        assert conn is first
+    clock.advance(0.21)
     with pool.connection(fresh_db) as conn:
         assert conn is not first
     assert first.closed
