@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 
 import pytest
 import websocket
 
+import busclient
+from busclient import receive_ids, received_before
 from http_client import post_json
 from rtbus.db.cluster import free_loopback_port as free_port
 from rtbus.session import create_session
@@ -54,25 +55,11 @@ def rpc(port, path, params=None, headers=None, body=None):
 
 
 def connect(port, sid, origin):
-    return websocket.create_connection(f"ws://127.0.0.1:{port}/websocket", timeout=5,
-                                       cookie=f"session_id={sid}", origin=origin)
-
-
-def received(ws, wanted: set[int], wait: float = 2.0) -> set[int]:
-    got: set[int] = set()
-    deadline = time.monotonic() + wait
-    while not wanted <= got and time.monotonic() < deadline:
-        ws.settimeout(max(deadline - time.monotonic(), 0.01))
-        try:
-            got.update(n["id"] for n in json.loads(ws.recv()))
-        except websocket.WebSocketTimeoutException:
-            break
-    return got
+    return busclient.connect(port, sid=sid, origin=origin)
 
 
 def subscribed(ws) -> None:
-    ws.send(json.dumps({"event_name": "subscribe", "data": {"channels": ["lobby"], "last": 0}}))
-    time.sleep(0.3)
+    busclient.subscribe(ws, ["lobby"], last=0)
 
 
 # -- websockets ------------------------------------------------------------------------------
@@ -85,8 +72,7 @@ def test_a_foreign_page_gets_a_public_websocket_not_the_victims(server, victim, 
         subscribed(ws)
         private = module_publish(("res.partner", partner))[0]
         public = module_publish("lobby")[0]
-        got = received(ws, {private, public})
-        assert public in got and private not in got
+        assert private not in received_before(ws, public)
     finally:
         ws.close()
     server.wait_log(rf"Downgrading websocket session\. Host=127\.0\.0\.1:{server.longpolling_port}, "
@@ -102,7 +88,7 @@ def test_trusted_pages_act_as_the_session(server, victim, module_publish, origin
     try:
         subscribed(ws)
         private = module_publish(("res.partner", partner))[0]
-        assert private in received(ws, {private})
+        assert receive_ids(ws, [private]) == [private]
     finally:
         ws.close()
 
@@ -118,7 +104,8 @@ def test_near_misses_are_foreign(server, victim, module_publish, origin):
     try:
         subscribed(ws)
         private = module_publish(("res.partner", partner))[0]
-        assert private not in received(ws, {private}, wait=1.0)
+        public = module_publish("lobby")[0]
+        assert private not in received_before(ws, public)
     finally:
         ws.close()
 
