@@ -20,6 +20,7 @@ from rtbus.bus.publish import publishing
 from rtbus.config import Config
 from rtbus.db.pool import ConnectionPool
 from rtbus.session import Session
+from waiting import wait_until
 
 AWAY_MS = AWAY_TIMER * 1000
 
@@ -248,10 +249,8 @@ def test_page_reload_does_not_leave_the_user_offline(bus_db, connections, servic
     with state.write_lock:              # hold the user's writes while the reload happens
         closer = threading.Thread(target=lambda: outcome.append(service.connection_closed(session)))
         closer.start()
-        deadline = time.monotonic() + 5
-        while service.connections_of(bus_db, 2) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert service.connections_of(bus_db, 2) == 0
+        wait_until(lambda: service.connections_of(bus_db, 2) == 0, 5,
+                   message="the closing connection to be uncounted")
         service.connection_opened(session)
     closer.join(5)
     assert outcome == [False]
