@@ -16,6 +16,7 @@ import pytest
 # Importable under any --import-mode, not only pytest's default "prepend".
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pgcluster  # noqa: E402
+from buspublish import Publish  # noqa: E402
 
 DEFAULT_TEST_TIMEOUT = 60.0   # seconds a test may run when nothing else sets a bound
 HARD_TIMEOUT_GRACE = 15.0     # then the watchdog kills the run (a test stuck in C code)
@@ -181,33 +182,6 @@ def module_servers(pg_cluster, module_db, tmp_path_factory):
     yield launch
     for server in started:
         server.stop()
-
-
-class Publish:
-    """``publish(channel, type="n", payload=None, count=1) -> [ids]`` into one database.
-
-    Uses the Python API as an application would: rows before commit, NOTIFY
-    imbus on the `postgres` database after. `one(...)` returns the single id.
-    The one publishing helper of the suite (every publish fixture is one of these).
-    """
-
-    def __init__(self, cluster, dbname: str):
-        from rtbus.bus.publish import Notifier, Publisher
-
-        self.dbname = dbname
-        self.conn = cluster.connect(dbname)
-        self.publisher = Publisher(Notifier(imbus_db_name="postgres"))
-
-    def __call__(self, channel, notification_type: str = "n", payload=None, count: int = 1) -> list[int]:
-        return self.publisher.publish(self.conn, self.dbname, [(channel, notification_type, payload)] * count)
-
-    def one(self, channel, notification_type: str = "n", payload=None) -> int:
-        (notification_id,) = self(channel, notification_type, payload)
-        return notification_id
-
-    def close(self) -> None:
-        self.publisher.notifier.close()
-        self.conn.close()
 
 
 @pytest.fixture(scope="module")

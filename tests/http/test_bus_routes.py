@@ -47,8 +47,7 @@ def db(module_conn):
 
 @pytest.fixture(scope="module")
 def publish(module_publish):
-    return lambda channel, notification_type="n", payload=None: module_publish(
-        channel, notification_type, payload)[0]
+    return module_publish.one
 
 
 def call(params=None, request_id=1) -> dict:

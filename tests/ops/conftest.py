@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 import pgcluster
+from buspublish import Publish
 from ops_helpers import Nginx, nginx_binary, ops_env
-from rtbus.bus.publish import Notifier, Publisher
 from serverproc import ServerProcess
 
 
@@ -36,15 +36,9 @@ def ops_server(pg_cluster, ops_db, tmp_path_factory):
 @pytest.fixture(scope="session")
 def ops_publish(pg_cluster, ops_db):
     """publish(channel, type, payload) -> [id], straight into the ops database."""
-    conn = pg_cluster.connect(ops_db)
-    publisher = Publisher(Notifier(imbus_db_name="postgres"))
-
-    def send(channel, notification_type, payload=None):
-        return publisher.publish(conn, ops_db, [(channel, notification_type, payload)])
-
-    yield send
-    publisher.notifier.close()
-    conn.close()
+    publisher = Publish(pg_cluster, ops_db)
+    yield publisher
+    publisher.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import zlib
 
 import pytest
@@ -14,7 +13,8 @@ from websockets.sync.client import connect as websockets_connect
 
 from rtbus.websocket.frames import Frame, FrameParser, Opcode
 from rtbus.websocket.handshake import WORKER_VERSION
-from serverproc import health_ok, http_get, wait_until
+from serverproc import health_ok, wait_until
+from waiting import metric, wait_metric
 from wsclient import RawWebsocket
 
 BOTH_WAYS = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
@@ -37,11 +37,6 @@ def server(module_servers):
                           RTBUS_WEBSOCKET_RATE_LIMIT_BURST="1000")
 
 
-@pytest.fixture(scope="module")
-def publish(module_publish):
-    return module_publish
-
-
 def browser_like(port: int):
     """A `websockets` client; it sends a User-Agent, so it names the worker version."""
     return websockets_connect(f"ws://127.0.0.1:{port}/websocket?version={WORKER_VERSION}",
@@ -49,20 +44,12 @@ def browser_like(port: int):
                               open_timeout=5)
 
 
-def metric(port: int, name: str) -> float:
-    status, _, body = http_get(port, "/metrics")
-    assert status == 200
-    found = re.findall(rf"^{name}\{{[^}}]*kind=\"(?:gevent|single)\"[^}}]*\}} (\S+)$", body.decode(), re.M)
-    return sum(float(value) for value in found)
-
-
 def subscribe_message(channels, last=0) -> str:
     return json.dumps({"event_name": "subscribe", "data": {"channels": channels, "last": last}})
 
 
 def wait_subscriptions(port: int, count: float) -> None:
-    wait_until(lambda: metric(port, "rtbus_websocket_subscriptions_total") >= count, 10,
-               message=f"{count} subscriptions served")
+    wait_metric(port, "rtbus_websocket_subscriptions_total", count)
 
 
 def deflated(data: bytes) -> bytes:
