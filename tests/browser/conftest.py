@@ -14,7 +14,7 @@ import sys
 import pytest
 
 import pgcluster
-from rtbus.bus.publish import Notifier, Publisher
+from buspublish import Publish
 from serverproc import ServerProcess, clean_environ
 from system_programs import chromium_binary
 
@@ -87,13 +87,6 @@ def board_server(pg_cluster, board_db, tmp_path_factory):
 @pytest.fixture(scope="module")
 def publish(pg_cluster, board_db):
     """publish(channel, type, payload) -> id, from outside the browser (straight into the database)."""
-    conn = pg_cluster.connect(board_db)
-    publisher = Publisher(Notifier(imbus_db_name="postgres"))
-
-    def send(channel, notification_type, payload=None) -> int:
-        (notification_id,) = publisher.publish(conn, board_db, [(channel, notification_type, payload)])
-        return notification_id
-
-    yield send
-    publisher.notifier.close()
-    conn.close()
+    publisher = Publish(pg_cluster, board_db)
+    yield publisher.one
+    publisher.close()

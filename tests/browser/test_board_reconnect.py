@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
-import time
 
 import pytest
 
@@ -86,14 +86,18 @@ def test_a_revoked_session_waits_for_a_new_one_then_reconnects(context, board_se
     try:
         revoke_session(conn, sid)
         conn.commit()
+        # The revocation reaches the server's session cache through NOTIFY rtbus_session
+        # in this database. Published with the SQL function, the next notification's
+        # NOTIFY imbus goes out after it on the same dispatcher link, so it is heard
+        # after the revocation: its dispatch re-checks the session, close 4001, and no
+        # reconnection on its own.
+        with conn.cursor() as cr:
+            cr.execute("SELECT rtbus_sendone('\"demo.lobby\"', 'demo/message', %s::jsonb)",
+                       (json.dumps({"channel": "demo.lobby", "text": "after the logout"}),))
+            (unseen,) = cr.fetchone()
+        conn.commit()
     finally:
         conn.close()
-    # The revocation reaches the server's session cache through NOTIFY
-    # rtbus_session, on another connection than the publish's NOTIFY: give it
-    # its few milliseconds, as a logout does before the next notification.
-    time.sleep(0.2)
-    # The next dispatch re-checks the session: close 4001, and no reconnection on its own.
-    unseen = publish("demo.lobby", "demo/message", {"channel": "demo.lobby", "text": "after the logout"})
     wait_state(page, "waiting_session")
     page.locator("#expired").wait_for(state="visible")
     assert shown_count(page, unseen) == 0

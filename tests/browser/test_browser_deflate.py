@@ -4,13 +4,12 @@ through a bare WebSocket."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from board import open_board, wait_shown, wait_subscribed
 from rtbus.websocket.handshake import WORKER_VERSION
-from serverproc import http_get, wait_until
+from serverproc import wait_until
+from waiting import metric
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -19,10 +18,7 @@ LARGE_TEXT = "Sprechen Sie Deutsch? Ja, ein bisschen. Ärger über Öl und Über
 
 
 def gevent_metric(port: int, name: str) -> float:
-    status, _, body = http_get(port, "/metrics")
-    assert status == 200
-    found = re.findall(rf'^{name}\{{[^}}]*kind="gevent"[^}}]*\}} (\S+)$', body.decode(), re.M)
-    return sum(float(value) for value in found)
+    return metric(port, name, kinds=("gevent",))
 
 
 def test_the_board_negotiates_deflate_and_shows_large_and_small_notifications(
