@@ -43,8 +43,26 @@ def wait_until(predicate, timeout: float, interval: float = POLL_INTERVAL, messa
 
 # -- /metrics ------------------------------------------------------------------------------
 
-_SAMPLE = re.compile(r'^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$', re.M)
+_SAMPLE = re.compile(r'^([a-z_]+)\{([^}]*)\} (\S+)$')
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_samples(text: str) -> list[tuple[str, dict, float]]:
+    """(name, labels, value) of every sample; fails on a line that is not valid 0.0.4 text."""
+    samples = []
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            continue
+        match = _SAMPLE.match(line)
+        assert match, f"not a Prometheus sample line: {line!r}"
+        samples.append((match.group(1), dict(_LABEL.findall(match.group(2))), float(match.group(3))))
+    return samples
+
+
+def values(samples, name: str, **labels) -> list[float]:
+    """The values of the samples of `name` whose labels include `labels`."""
+    return [value for sample, found, value in samples
+            if sample == name and all(found.get(k) == v for k, v in labels.items())]
 
 
 def scrape_text(port: int, timeout: float = 5.0) -> str:
@@ -63,14 +81,9 @@ def scrape_text(port: int, timeout: float = 5.0) -> str:
 
 def metric(port: int, name: str, kinds: tuple[str, ...] = ("gevent", "single"), **labels: str) -> float:
     """The sum of family `name`'s samples from processes of `kinds` matching `labels`."""
-    total = 0.0
-    for match in _SAMPLE.finditer(scrape_text(port)):
-        if match["name"] != name:
-            continue
-        found = dict(_LABEL.findall(match["labels"]))
-        if found.get("kind") in kinds and all(found.get(k) == v for k, v in labels.items()):
-            total += float(match["value"])
-    return total
+    return sum(value for sample, found, value in parse_samples(scrape_text(port))
+               if sample == name and found.get("kind") in kinds
+               and all(found.get(k) == v for k, v in labels.items()))
 
 
 def wait_metric(port: int, name: str, at_least: float, timeout: float = 10.0, **labels: str) -> float:

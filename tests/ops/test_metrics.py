@@ -1,10 +1,10 @@
-"""/metrics: the Prometheus text format, per-process snapshots, and the figures the issue lists."""
+"""/metrics of a running deployment: every process kind, the figures the issue lists
+(the text format itself is unit-tested in tests/metrics/)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 
@@ -12,31 +12,11 @@ import pytest
 import websocket
 
 from rtbus.bus.publish import Notifier
-from rtbus.metrics import exposition, snapshots
-from rtbus.metrics.histogram import Histogram
+from rtbus.metrics import exposition
 from serverproc import http_get, wait_until
+from waiting import parse_samples as parse, values
 
 pytestmark = pytest.mark.timeout(120)
-
-_SAMPLE = re.compile(r'^([a-z_]+)\{([^}]*)\} (\S+)$')
-
-
-def parse(text: str) -> list[tuple[str, dict, float]]:
-    """(name, labels, value) of every sample; fails on a line that is not valid 0.0.4 text."""
-    samples = []
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
-            continue
-        match = _SAMPLE.match(line)
-        assert match, f"not a Prometheus sample line: {line!r}"
-        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2)))
-        samples.append((match.group(1), labels, float(match.group(3))))
-    return samples
-
-
-def values(samples, name: str, **labels) -> list[float]:
-    return [value for sample, found, value in samples
-            if sample == name and all(found.get(k) == v for k, v in labels.items())]
 
 
 def scrape(port: int) -> list:
@@ -46,46 +26,7 @@ def scrape(port: int) -> list:
     return parse(body.decode())
 
 
-# -- units ----------------------------------------------------------------------------------
-
-
-def test_histogram_buckets_are_cumulative_in_the_text_format():
-    histogram = Histogram((0.01, 0.1, 1.0))
-    for value in (0.005, 0.05, 0.05, 5.0):
-        histogram.observe(value)
-    text = exposition.render([{"kind": "gevent", "pid": 7, "started": 1.0,
-                               "metrics": {"rtbus_delivery_latency_seconds": histogram.snapshot()}}])
-    samples = parse(text)
-    buckets = {labels["le"]: value for name, labels, value in samples
-               if name == "rtbus_delivery_latency_seconds_bucket"}
-    assert buckets == {"0.01": 1, "0.1": 3, "1": 3, "+Inf": 4}
-    assert values(samples, "rtbus_delivery_latency_seconds_count") == [4]
-    assert values(samples, "rtbus_delivery_latency_seconds_sum") == [pytest.approx(5.105)]
-    assert "# TYPE rtbus_delivery_latency_seconds histogram" in text
-
-
-def test_labels_are_escaped_and_every_process_is_labelled():
-    text = exposition.render([
-        {"kind": "master", "pid": 1, "started": 2.0,
-         "metrics": {"rtbus_worker_restarts_total": {'odd "reason"\\\n': 2}}},
-        {"kind": "http", "pid": 2, "started": 3.0, "metrics": {"rtbus_http_requests_total": 5}},
-    ])
-    assert 'reason="odd \\"reason\\"\\\\\\n"} 2' in text
-    assert 'rtbus_http_requests_total{process="http-2",kind="http"} 5' in text
-    assert text.count("# TYPE rtbus_process_start_time_seconds gauge") == 1
-
-
-def test_snapshots_of_dead_processes_are_skipped_and_pruned(tmp_path):
-    writer = snapshots.SnapshotWriter(str(tmp_path), "http", lambda: {"rtbus_http_requests_total": 3})
-    assert writer.write()
-    dead = tmp_path / "http-999999999.json"
-    dead.write_text(json.dumps({"kind": "http", "pid": 999999999, "metrics": {}}))
-    (tmp_path / "garbage.json").write_text("{")
-    found = snapshots.read_all(str(tmp_path))
-    assert [s["pid"] for s in found] == [os.getpid()]
-    removed = snapshots.prune(str(tmp_path), keep={os.getpid()})
-    assert "http-999999999.json" in removed and not dead.exists()
-    assert os.path.exists(writer.path)
+# -- units that need a database ---------------------------------------------------------
 
 
 def test_notify_splits_are_counted(pg_cluster, schema_db):
