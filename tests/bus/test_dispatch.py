@@ -16,6 +16,7 @@ from rtbus.bus.dispatch import ImDispatch
 from rtbus.bus.mailbox import Mailbox
 from rtbus.bus.publish import Publisher
 from rtbus.db import schema
+from waiting import wait_until
 
 
 class Inbox:
@@ -102,6 +103,13 @@ def sync(dispatch, timeout=5.0):
     assert dispatch.wait_applied(timeout), "dispatcher did not process its requests"
 
 
+def heard(dispatch, notifies: int) -> None:
+    """Wait until the dispatcher heard `notifies` imbus NOTIFYs and ended that round."""
+    wait_until(lambda: dispatch.stats()["notifies"] >= notifies, 5, message=f"{notifies} NOTIFY heard")
+    dispatch.unsubscribe(object())      # a no-op request, applied at the end of a round
+    sync(dispatch)
+
+
 # -- live delivery ---------------------------------------------------------------------------
 
 def test_live_delivery_exactly_once_in_order_to_the_right_subscribers(
@@ -157,7 +165,7 @@ def test_notifications_for_channels_nobody_here_listens_to_cost_no_query(
     before = dispatch.stats()["live_queries"]
     conn = connections(bus_db)
     publish(publisher, conn, bus_db, ("someone-else", "t", 1))
-    time.sleep(0.3)
+    heard(dispatch, 1)
     assert dispatch.stats()["live_queries"] == before
     publish(publisher, conn, bus_db, ("mine", "t", 2))
     assert inbox.wait(1) and inbox.payloads == [2]
@@ -189,10 +197,13 @@ def test_sql_function_publisher_in_its_own_database_is_heard(bus_db, connections
     app = connections(bus_db)
     with app.cursor() as cur:
         cur.execute("""SELECT rtbus_sendone('["res.partner", 7]', 'sql', '{"n": 1}')""")
-    time.sleep(0.2)
-    assert inbox.mailbox.get(0) is None              # not before commit
+    other = connections(bus_db)                      # its commit wakes a fetch meanwhile
+    with other.cursor() as cur:
+        cur.execute("""SELECT rtbus_sendone('["res.partner", 7]', 'sql', '{"n": 0}')""")
+    other.commit()
+    assert inbox.wait(1) and inbox.payloads == [{"n": 0}]     # not before commit
     app.commit()
-    assert inbox.wait(1)[0]["message"] == {"type": "sql", "payload": {"n": 1}}
+    assert inbox.wait(2)[1]["message"] == {"type": "sql", "payload": {"n": 1}}
 
 
 def test_out_of_order_commits_are_delivered(bus_db, connections, make_dispatch):
@@ -218,7 +229,7 @@ def test_out_of_order_commits_are_delivered(bus_db, connections, make_dispatch):
 
 
 def test_gaps_expire_after_the_history_window(bus_db, connections, make_dispatch):
-    dispatch = make_dispatch([bus_db], history_seconds=0.2)
+    dispatch = make_dispatch([bus_db], history_seconds=0.5, idle_fetch_seconds=0.1)
     inbox = Inbox()
     dispatch.subscribe("s", bus_db, [encode(bus_db, "broadcast")], 0, inbox.mailbox)
     sync(dispatch)
@@ -231,7 +242,7 @@ def test_gaps_expire_after_the_history_window(bus_db, connections, make_dispatch
     app.commit()
     assert inbox.wait(1)
     assert dispatch.stats()["gaps"] == 1
-    time.sleep(0.3)
+    wait_until(lambda: dispatch.stats()["gaps_expired"] == 1, 5, message="the gap to expire")
     with app.cursor() as cur:
         cur.execute("""SELECT rtbus_sendone('"broadcast"', 't', '3')""")
     app.commit()
@@ -358,22 +369,23 @@ def test_catch_up_racing_live_delivery_has_no_duplicate_and_no_loss(
     try:
         rng = random.Random(7)
         for i in range(30):
-            time.sleep(0.01)
+            wait_until(lambda n=len(published): len(published) > n, 5, message="another publish")
             last = published[rng.randrange(len(published))] if published else 0
             inbox = Inbox()
             inboxes.append((last, inbox))
             dispatch.subscribe(i, bus_db, [channel], last, inbox.mailbox)
-        time.sleep(0.2)
+        sync(dispatch)                   # every catch-up delivered, with publishes going on
+        wait_until(lambda n=len(published): len(published) > n + 10, 5, message="live publishes")
     finally:
         stop.set()
         thread.join(10)
+    # Published after everything else: a duplicate would be in a mailbox before it.
+    (marker,) = Publisher(notifier).publish(connections(bus_db), bus_db, [("race", "t", "end")])
     for last, inbox in inboxes:
-        inbox.wait(len([i for i in published if i > last]))
-    time.sleep(0.3)                      # room for a duplicate to show up
-    for last, inbox in inboxes:
+        inbox.wait(len([i for i in published if i > last]) + 1)
         while inbox._take(0):
             pass
-        assert inbox.ids == [i for i in published if i > last], f"last={last}"
+        assert inbox.ids == [i for i in published if i > last] + [marker], f"last={last}"
 
 
 def test_nothing_crosses_databases(pg_cluster, bus_db, connections, make_dispatch, publisher):
@@ -453,12 +465,8 @@ def _publish_fresh(cluster, dbname, payload, notifier):
 
 
 def _wait_restored(dispatch, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not dispatch.stats()["outage"] and dispatch.stats()["listen_connections"] == 2:
-            return
-        time.sleep(0.02)
-    raise AssertionError("dispatcher did not reconnect")
+    wait_until(lambda: not dispatch.stats()["outage"] and dispatch.stats()["listen_connections"] == 2,
+               timeout, message="the dispatcher to reconnect")
 
 
 def test_terminated_listen_connections_reconnect_fast_and_catch_up(
