@@ -20,6 +20,7 @@ import pgcluster
 from http_client import post_json
 from rtbus.session import create_session, revoke_session
 from serverproc import wait_until
+from waiting import wait_metric
 
 POLL = "/longpolling/poll"
 
@@ -129,7 +130,7 @@ def test_polls_beyond_the_bound_get_503_with_retry_after(short_server, publish):
     last = publish("quiet", "marker")
     holders = [in_thread(poll, short_server.longpolling_port, ["quiet"], last, timeout=10)
                for _ in range(2)]
-    time.sleep(0.3)
+    wait_metric(short_server.longpolling_port, "rtbus_longpolls_open", 2)
     status, headers, body = poll(short_server.longpolling_port, ["quiet"], last, timeout=10)
     for thread, _ in holders:
         thread.join(10)
@@ -148,7 +149,7 @@ def test_a_client_that_disconnects_releases_its_wait(server, publish):
         body = orjson.dumps(call({"channels": ["quiet"], "last": last}))
         sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (POLL.encode(), len(body), body))
-        time.sleep(0.5)      # the poll is now waiting
+        wait_metric(server.longpolling_port, "rtbus_longpolls_open", 1)     # the poll is now waiting
     finally:
         sock.close()
     match = server.wait_log(released, timeout=10, count=count + 1)[-1]
@@ -213,7 +214,7 @@ def test_a_thousand_polls_woken_by_one_publish_all_receive_it(server, publish):
     fleet = PollFleet(server.longpolling_port, 1000, ["crowd"], last)
     try:
         connected = time.monotonic() - started
-        time.sleep(1.0)      # let the server read every request
+        wait_metric(server.longpolling_port, "rtbus_longpolls_open", 1000, timeout=60)   # every one held
         fresh = publish("crowd", "everyone", {"n": 1})
         replies = _bodies(fleet.collect(timeout=60))
     finally:
@@ -239,7 +240,7 @@ def test_signed_in_poll_gets_its_partner_channel(server, db, publish, bus_db):
     sid = new_session(db, 5, 50)
     last = publish("quiet", "marker")
     thread, box = in_thread(poll, server.longpolling_port, [], last, sid=sid)
-    time.sleep(0.3)
+    wait_metric(server.longpolling_port, "rtbus_longpolls_open", 1)
     fresh = publish(("res.partner", 50), "private")
     thread.join(10)
     status, _, body = box["result"]
@@ -261,7 +262,7 @@ def test_logout_during_the_wait_withholds_the_notifications(server, db, publish)
     sid = new_session(db, 6, 60)
     last = publish("quiet", "marker")
     thread, box = in_thread(poll, server.longpolling_port, [], last, sid=sid)
-    time.sleep(0.3)
+    wait_metric(server.longpolling_port, "rtbus_longpolls_open", 1)
     revoke_session(db, sid)
     db.commit()
     publish(("res.partner", 60), "secret")
@@ -358,7 +359,7 @@ def test_single_process_serves_long_polls(start_server, server_env, bus_db, publ
                           name="single")
     last = publish("broadcast", "marker")
     thread, box = in_thread(poll, single.http_port, [], last)
-    time.sleep(0.3)
+    wait_metric(single.http_port, "rtbus_longpolls_open", 1)
     fresh = publish("broadcast", "single")
     thread.join(10)
     status, _, body = box["result"]
@@ -370,7 +371,7 @@ def test_graceful_stop_answers_held_polls_at_once(start_server, server_env, bus_
     stopping = start_server("--workers=1", "--max-cron-threads=0", env=env, name="stopping")
     last = publish("quiet", "marker")
     thread, box = in_thread(poll, stopping.longpolling_port, ["quiet"], last, timeout=60)
-    time.sleep(0.5)
+    wait_metric(stopping.longpolling_port, "rtbus_longpolls_open", 1)
     stopping.signal(signal.SIGTERM)
     # Far before the poll's own 120 s: the stop hook answered it.
     thread.join(30)
