@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 import websocket
 
+import busclient
 from rtbus.bus.publish import Notifier
 from rtbus.metrics import exposition
 from serverproc import http_get, wait_until
@@ -67,23 +67,14 @@ def _all_kinds(samples):
 
 def test_websocket_figures(ops_server, ops_publish):
     port = ops_server.longpolling_port
-    ws = websocket.create_connection(f"ws://127.0.0.1:{port}/websocket", timeout=5)
+    ws = busclient.connect(port)
     try:
-        ws.send(json.dumps({"event_name": "subscribe", "data": {"channels": ["room"], "last": 0}}))
-        deadline = time.monotonic() + 20
-        received = False
-        while not received and time.monotonic() < deadline:
-            (wanted,) = ops_publish("room", "metrics.test", None)
-            ws.settimeout(1.0)
-            try:
-                received = any(n["id"] == wanted for n in json.loads(ws.recv()))
-            except websocket.WebSocketTimeoutException:
-                pass
-        assert received
+        busclient.subscribe(ws, ["room"])
+        (wanted,) = ops_publish("room", "metrics.test", None)
+        assert busclient.receive_ids(ws, [wanted]) == [wanted]
         # Subscribed now: this one comes live, woken by its NOTIFY (a catch-up has no latency).
         (wanted,) = ops_publish("room", "metrics.live", None)
-        ws.settimeout(5.0)
-        assert any(n["id"] == wanted for n in json.loads(ws.recv()))
+        assert busclient.receive_ids(ws, [wanted]) == [wanted]
         samples = scrape(port)   # the answering process refreshes its own snapshot first
         assert values(samples, "rtbus_websockets_open") >= [1]
         assert values(samples, "rtbus_dispatch_subscribers")[0] >= 1
@@ -93,7 +84,7 @@ def test_websocket_figures(ops_server, ops_publish):
     finally:
         ws.close()
     # Rate limit: a burst of frames closes with 1013, counted by code and as a rate-limit close.
-    ws = websocket.create_connection(f"ws://127.0.0.1:{port}/websocket", timeout=5)
+    ws = busclient.connect(port)
     try:
         for _ in range(40):
             try:
