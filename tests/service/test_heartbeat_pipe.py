@@ -19,15 +19,10 @@ def pipe():
     writer.close()
 
 
-def test_a_new_child_is_not_ready_and_counts_from_its_start():
-    r, w = os.pipe()
-    reader = HeartbeatReader(r, now=42.0)
-    try:
-        assert (reader.state.last_seen, reader.state.ready, reader.state.requests) == (42.0, False, 0)
-        assert reader.fileno() == r
-    finally:
-        reader.close()
-        os.close(w)
+def test_a_new_child_is_not_ready_and_counts_from_its_start(pipe):
+    reader, _writer = pipe
+    assert (reader.state.last_seen, reader.state.ready, reader.state.requests) == (100.0, False, 0)
+    assert reader.fileno() == reader.fd
 
 
 def test_any_line_is_a_sign_of_life(pipe):
@@ -61,43 +56,28 @@ def test_descriptions_are_one_line_and_bounded(pipe):
     assert reader.state.requests == 0          # the embedded "D" was not taken as a line
 
 
-def test_undecodable_bytes_do_not_break_the_reader():
-    r, w = os.pipe()
-    reader = HeartbeatReader(r, now=0.0)
-    try:
-        reader.feed(b"R GET /\xff\xfe\n", now=1.0)
-        assert reader.state.request == "GET /\ufffd\ufffd"
-    finally:
-        reader.close()
-        os.close(w)
+def test_undecodable_bytes_do_not_break_the_reader(pipe):
+    reader, _writer = pipe
+    reader.feed(b"R GET /\xff\xfe\n", now=101.0)
+    assert reader.state.request == "GET /\ufffd\ufffd"
 
 
-def test_lines_split_across_reads_are_joined():
-    r, w = os.pipe()
-    reader = HeartbeatReader(r, now=0.0)
-    try:
-        reader.feed(b"R GET /lo", now=1.0)
-        assert not reader.state.ready and reader.state.request is None    # no complete line yet
-        reader.feed(b"ng\nD\n.\nR POST /x\n", now=2.0)
-        assert reader.state.requests == 1 and reader.state.request == "POST /x"
-        assert reader.state.last_seen == 2.0
-    finally:
-        reader.close()
-        os.close(w)
+def test_lines_split_across_reads_are_joined(pipe):
+    reader, _writer = pipe
+    reader.feed(b"R GET /lo", now=101.0)
+    assert not reader.state.ready and reader.state.request is None    # no complete line yet
+    reader.feed(b"ng\nD\n.\nR POST /x\n", now=102.0)
+    assert reader.state.requests == 1 and reader.state.request == "POST /x"
+    assert reader.state.last_seen == 102.0
 
 
-def test_an_endless_line_keeps_only_a_bounded_tail():
-    r, w = os.pipe()
-    reader = HeartbeatReader(r, now=0.0)
-    try:
-        for _ in range(100):
-            reader.feed(b"y" * 10_000, now=1.0)
-        assert len(reader._partial) <= 4 * MAX_DESCRIPTION
-        reader.feed(b"\nD\n", now=2.0)
-        assert reader.state.requests == 1
-    finally:
-        reader.close()
-        os.close(w)
+def test_an_endless_line_keeps_only_a_bounded_tail(pipe):
+    reader, _writer = pipe
+    for _ in range(100):
+        reader.feed(b"y" * 10_000, now=101.0)
+    assert len(reader._partial) <= 4 * MAX_DESCRIPTION
+    reader.feed(b"\nD\n", now=102.0)
+    assert reader.state.requests == 1
 
 
 def test_nothing_to_read_changes_nothing_and_a_closed_writer_is_eof():
