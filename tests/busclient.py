@@ -4,11 +4,15 @@
 waits, bounded, until the server has handled it; `receive`/`receive_ids` read
 notifications. For frames a good client never sends, use wsclient.RawWebsocket.
 
-How `barrier` knows the server handled what came before: the server reads a
-connection's frames in order, handles each data message (a subscribe is then
-queued at the dispatcher, which delivers everything committed afterwards, live
-or as its catch-up) and only then sends the pong its ping asked for. So a pong
-for our own ping proves every earlier message was handled: no fixed sleep.
+How `barrier` knows the server handled what came before: the server's reader
+takes the bytes of one read, handles the messages in them one after the other
+(a subscribe is then queued at the dispatcher, which delivers everything
+committed afterwards, live or as its catch-up), and only then reads again. A
+first pong proves the server has read past our earlier messages; a second ping,
+sent after that pong, can only be in a later read, so its pong proves those
+messages were handled (the first pong alone could be flushed by the writer
+while a message was still being handled). No fixed sleep. Mind the rate limit
+(10 frames in 2 s by default): a subscribe with its barrier is three frames.
 """
 
 from __future__ import annotations
@@ -54,14 +58,18 @@ def subscribe(ws, channels, last: int = 0, wait: bool = True) -> None:
 
 
 def barrier(ws, timeout: float = 5.0) -> bool:
-    """Ping and read until our pong: every message sent before was handled by the server.
+    """Ping twice, one after the other's pong: every message sent before was handled.
 
     Notifications read meanwhile are kept for `receive`. Returns False, without
     failing, when the server closed instead (the close code is kept for `close_code`).
     """
+    deadline = time.monotonic() + timeout
+    return _pong(ws, deadline, timeout) and _pong(ws, deadline, timeout)
+
+
+def _pong(ws, deadline: float, timeout: float) -> bool:
     token = f"barrier-{os.getpid()}-{next(_tokens)}".encode()
     ws.ping(token)
-    deadline = time.monotonic() + timeout
     while True:
         ws.settimeout(max(deadline - time.monotonic(), 0.01))
         try:

@@ -81,18 +81,19 @@ class RawWebsocket:
         return self.pending.pop(0)
 
     def barrier(self, timeout: float = 5.0) -> None:
-        """Ping, and read until the pong: the server handled every message sent before
-        (see busclient.barrier). Frames read meanwhile stay queued for read_frame."""
-        token = os.urandom(8).hex().encode()
-        self.send_frame(Opcode.PING, token)
+        """Ping twice, one after the other's pong: the server handled every message sent
+        before (see busclient.barrier). Frames read meanwhile stay queued for read_frame."""
         self.sock.settimeout(timeout)
         seen: list[Frame] = []
-        while True:
-            frame = self.read_frame()
-            assert frame is not None, f"the connection ended (or {timeout} s passed) before our pong"
-            if frame.opcode == Opcode.PONG and frame.payload == token:
-                break
-            seen.append(frame)
+        for _ in range(2):
+            token = os.urandom(8).hex().encode()
+            self.send_frame(Opcode.PING, token)
+            while True:
+                frame = self.read_frame()
+                assert frame is not None, f"the connection ended (or {timeout} s passed) before our pong"
+                if frame.opcode == Opcode.PONG and frame.payload == token:
+                    break
+                seen.append(frame)
         self.pending[:0] = seen
 
     def read_close(self) -> tuple[int, str] | None:
