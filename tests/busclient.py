@@ -63,6 +63,7 @@ def barrier(ws, timeout: float = 5.0) -> bool:
     Notifications read meanwhile are kept for `receive`. Returns False, without
     failing, when the server closed instead (the close code is kept for `close_code`).
     """
+    assert isinstance(ws, BusSocket), "a barrier needs a busclient.connect() socket (it keeps what it reads)"
     deadline = time.monotonic() + timeout
     return _pong(ws, deadline, timeout) and _pong(ws, deadline, timeout)
 

@@ -254,9 +254,8 @@ def test_missing_version_with_user_agent_is_outdated(server):
 
 
 def test_current_version_or_no_user_agent_stays_open(server, publish):
-    current = websocket.create_connection(
-        f"ws://127.0.0.1:{server.longpolling_port}/websocket?version={WORKER_VERSION}",
-        timeout=5, header=["User-Agent: Mozilla/5.0"])
+    current = connect(server.longpolling_port, path=f"/websocket?version={WORKER_VERSION}",
+                      header=["User-Agent: Mozilla/5.0"])
     no_agent = connect(server.longpolling_port)     # websocket-client sends no User-Agent
     for ws in (current, no_agent):
         try:
