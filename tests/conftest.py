@@ -200,8 +200,12 @@ def publish(module_publish):
 
 @pytest.fixture(scope="module")
 def crash_cluster():
-    """A separate Cluster for tests that kill or restart PostgreSQL, so pg_cluster is never disturbed."""
-    with pgcluster.throwaway("rtbus-crash-") as cluster:
+    """A separate Cluster for tests that kill or restart PostgreSQL, so pg_cluster is never disturbed.
+
+    Its commits are synchronous: an immediate stop must not lose what a test (or the
+    server's migrations) committed just before, or recovery tests fail on lost rows.
+    """
+    with pgcluster.throwaway("rtbus-crash-", crash_safe=True) as cluster:
         yield cluster
 
 

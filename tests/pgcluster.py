@@ -110,9 +110,9 @@ def _existing_databases(cluster: Cluster) -> set[str]:
 
 
 @contextlib.contextmanager
-def throwaway(prefix: str):
+def throwaway(prefix: str, **kwargs):
     """A started throwaway cluster for a `with` block (a fixture's lifetime), destroyed after."""
-    cluster = start_throwaway(prefix)
+    cluster = start_throwaway(prefix, **kwargs)
     try:
         yield cluster
     finally:

@@ -165,18 +165,22 @@ class Cluster:
     `socket_dir=None` puts the Unix socket in the data directory when the socket path
     fits in 107 bytes, else in a short private directory under /tmp.
     `tcp=True` also listens on 127.0.0.1:port. `fast=True` turns off fsync and other
-    durability guarantees: for tests only. The superuser role is always `postgres`
-    with trust authentication, whatever the OS account.
+    durability guarantees: for tests only. `crash_safe=True` keeps commits synchronous
+    under `fast`, so a commit that returned survives an immediate stop (a killed
+    postmaster, not a lost machine: fsync stays off). The superuser role is always
+    `postgres` with trust authentication, whatever the OS account.
     """
 
     superuser = "postgres"
 
     def __init__(self, datadir, *, port: int | None = None, socket_dir=None, tcp: bool = False,
-                 bindir=None, log_path=None, fast: bool = False, max_connections: int = 200):
+                 bindir=None, log_path=None, fast: bool = False, crash_safe: bool = False,
+                 max_connections: int = 200):
         self.datadir = pathlib.Path(datadir).absolute()
         self.bindir = pathlib.Path(bindir) if bindir is not None else find_bindir()
         self.tcp = tcp
         self.fast = fast
+        self.crash_safe = crash_safe
         self.max_connections = max_connections
         self.log_path = pathlib.Path(log_path).absolute() if log_path else self.datadir / "postgres.log"
         self._run_as = _RunAs()
@@ -385,8 +389,8 @@ class Cluster:
             "logging_collector": "off",
         }
         if self.fast:
-            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off",
-                            shared_buffers="'32MB'")
+            settings.update(fsync="off", full_page_writes="off", shared_buffers="'32MB'",
+                            synchronous_commit="on" if self.crash_safe else "off")
         path = self.datadir / SETTINGS_FILE
         path.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()), encoding="utf-8")
         self._run_as.give(path)
