@@ -33,8 +33,8 @@ test: install
 
 ## Regenerate the derived documentation and sample configuration.
 docs: install
-	$(BIN)/python -m rtbus.config --markdown > docs/configuration.md
-	$(BIN)/python -m rtbus.config --sample-conf > conf/rtbus.conf
+	$(BIN)/python tools/render_config.py --markdown > docs/configuration.md
+	$(BIN)/python tools/render_config.py --sample-conf > conf/rtbus.conf
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import re
@@ -9,11 +10,23 @@ import re
 import pytest
 
 from rtbus import config as cfg
-from rtbus.config import (BY_NAME, MIB, SETTINGS, Config, Invocation, build_parser, load_config,
-                          render_markdown, render_sample_conf)
+from rtbus.config import BY_NAME, MIB, SETTINGS, Config, Invocation, build_parser, load_config
+from rtbus.config.loader import _invalid
 from rtbus.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _load_renderer():
+    """tools/render_config.py, which lives outside the package, loaded as a module."""
+    spec = importlib.util.spec_from_file_location("render_config", REPO / "tools" / "render_config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load_renderer()
+render_markdown, render_sample_conf = render.render_markdown, render.render_sample_conf
 
 
 def load(argv=(), env=None, **kwargs) -> Config:
@@ -323,7 +336,7 @@ def test_secret_values_are_not_echoed_in_errors():
     message = config_error([], {"PGPASSWORD": "s3cret", "RTBUS_DB_PORT": "x"})
     assert "s3cret" not in message
     setting = BY_NAME["db_password"]
-    assert "s3cret" not in cfg._invalid(setting, "s3cret", "somewhere")
+    assert "s3cret" not in _invalid(setting, "s3cret", "somewhere")
 
 
 def test_argparse_errors_become_config_errors():
@@ -517,7 +530,7 @@ def test_dump_masks_secrets():
 def test_docs_are_up_to_date():
     on_disk = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert on_disk == render_markdown(), (
-        "docs/configuration.md is stale; regenerate it with: " + cfg.REGENERATE_DOCS)
+        "docs/configuration.md is stale; regenerate it with: " + render.REGENERATE_DOCS)
 
 
 def test_docs_cover_every_setting_and_env_name():
@@ -531,7 +544,7 @@ def test_docs_cover_every_setting_and_env_name():
 def test_sample_conf_is_up_to_date():
     on_disk = (REPO / "conf" / "rtbus.conf").read_text(encoding="utf-8")
     assert on_disk == render_sample_conf(), (
-        "conf/rtbus.conf is stale; regenerate it with: " + cfg.REGENERATE_SAMPLE)
+        "conf/rtbus.conf is stale; regenerate it with: " + render.REGENERATE_SAMPLE)
 
 
 def test_sample_conf_lists_every_key_at_its_default(tmp_path):
@@ -548,7 +561,7 @@ def test_sample_conf_lists_every_key_at_its_default(tmp_path):
 
 
 def test_main_prints_documents(capsys):
-    assert cfg.main(["--markdown"]) == 0
+    assert render.main(["--markdown"]) == 0
     assert capsys.readouterr().out == render_markdown()
-    assert cfg.main(["--sample-conf"]) == 0
+    assert render.main(["--sample-conf"]) == 0
     assert capsys.readouterr().out == render_sample_conf()

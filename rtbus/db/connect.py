@@ -38,11 +38,11 @@ def connect_kwargs(config, *, dbname: str, application_name: str) -> dict:
     """psycopg2.connect() keyword arguments for `dbname` from the Config's db_* settings.
 
     Settings left at None are omitted, so libpq applies its own defaults (and PG*
-    environment variables). Settings absent from `config` count as None.
+    environment variables).
     """
     kwargs = {}
     for attribute, keyword in _SETTINGS:
-        value = getattr(config, attribute, None)
+        value = getattr(config, attribute)
         if value is not None:
             kwargs[keyword] = value
     if kwargs.get("connect_timeout"):
@@ -60,17 +60,17 @@ def keepalive_kwargs(config) -> dict:
     A server that vanishes without closing (power loss, a partition, a failover that
     moved its address) sends neither FIN nor RST: without these a LISTEN connection
     would wait for a notification for ever and a pooled one would fail only at its next
-    query. Settings at 0 (or absent) keep libpq's and the system's defaults. libpq
+    query. Settings at 0 keep libpq's and the system's defaults. libpq
     ignores them on Unix sockets.
     """
     kwargs = {"keepalives": 1}
     for attribute, keyword in (("db_keepalives_idle", "keepalives_idle"),
                                ("db_keepalives_interval", "keepalives_interval"),
                                ("db_keepalives_count", "keepalives_count")):
-        value = getattr(config, attribute, 0)
+        value = getattr(config, attribute)
         if value:
             kwargs[keyword] = int(value)
-    user_timeout = milliseconds(getattr(config, "db_tcp_user_timeout", 0.0))
+    user_timeout = milliseconds(config.db_tcp_user_timeout)
     if user_timeout:
         kwargs["tcp_user_timeout"] = user_timeout
     return kwargs
@@ -78,7 +78,7 @@ def keepalive_kwargs(config) -> dict:
 
 def served_databases(config) -> list[str]:
     """The databases named by config.db_name (comma separated), in order; ["rtbus"] when unset."""
-    raw = getattr(config, "db_name", None)
+    raw = config.db_name
     names = []
     for name in (raw or "").split(","):
         name = name.strip()
@@ -156,7 +156,7 @@ def guard_rails(config):
     The settings are committed at once: a SET inside a transaction that the borrower
     later rolls back would be undone with it.
     """
-    timeouts = [(parameter, milliseconds(getattr(config, setting, 0.0)))
+    timeouts = [(parameter, milliseconds(getattr(config, setting)))
                 for parameter, setting in (("statement_timeout", "db_statement_timeout"),
                                            ("lock_timeout", "db_lock_timeout"))]
     timeouts = [(parameter, value) for parameter, value in timeouts if value]

@@ -18,7 +18,7 @@ _SERVER_SETTINGS = ("db_host", "db_port", "db_user", "db_password", "db_name")
 
 def wants_embedded(config) -> bool:
     """True when none of db_host, db_port, db_user, db_password, db_name is set (all None)."""
-    return all(getattr(config, name, None) is None for name in _SERVER_SETTINGS)
+    return all(getattr(config, name) is None for name in _SERVER_SETTINGS)
 
 
 def default_datadir() -> pathlib.Path:
@@ -40,7 +40,7 @@ def start_embedded(config, *, timeout: float = 60) -> tuple[Cluster, bool, objec
     should stop the cluster at shutdown only if started_by_us. Raises ClusterError
     when there are no server binaries or the cluster cannot be created or started.
     """
-    datadir = getattr(config, "embedded_db_dir", None) or default_datadir()
+    datadir = config.embedded_db_dir or default_datadir()
     cluster = Cluster(datadir, tcp=False)
     cluster.init()
     started = cluster.start(timeout=timeout)
