@@ -440,8 +440,10 @@ class SessionStore:
     # -- internals -----------------------------------------------------------------------
 
     def _fetch(self, dbname: str, sid: str) -> tuple[Session | None, float]:
-        self._count("lookups")
         with self.pool.connection(dbname) as conn:
+            # Counted once a connection is lent: a borrower that timed out on the pool
+            # sent no query (and its budget token was given back).
+            self._count("lookups")
             with conn.cursor() as cur:
                 cur.execute(_LOOKUP, (sid,))
                 row = cur.fetchone()

@@ -71,6 +71,13 @@ def figures(port: int) -> dict[str, float]:
     return found
 
 
+def pool_errors(port: int) -> float:
+    """Borrowers of this evented process's pools that got a PoolError, from /metrics."""
+    _status, _headers, body = http_get(port, "/metrics")
+    return sum(float(value) for value in re.findall(
+        r'^rtbus_pool_errors_total\{[^}]*kind="gevent"[^}]*\} (\S+)$', body.decode(), re.M))
+
+
 def flood(port: int, sids, client="198.51.100.1", concurrency: int = 50) -> collections.Counter:
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         return collections.Counter(pool.map(lambda sid: outcome(*peek(port, sid, client)), sids))
@@ -127,6 +134,7 @@ def test_2000_random_sids_cost_at_most_the_budget_and_the_pool_holds(server):
     port = server.longpolling_port
     client = "198.51.100.2"
     before = figures(port)
+    before_pool_errors = pool_errors(port)
     started = time.monotonic()
     with HealthWatch(port) as health:
         seen = flood(port, [random_sid() for _ in range(2000)], client)
@@ -136,8 +144,13 @@ def test_2000_random_sids_cost_at_most_the_budget_and_the_pool_holds(server):
     # The budget, plus what it refilled (one a second) while the flood ran.
     assert BUDGET <= lookups <= BUDGET + elapsed + 2, (lookups, elapsed)
     assert seen["error 100"] == lookups and seen["503"] == 2000 - lookups, seen
-    assert after["rtbus_session_refusals_total:over_budget"] - before[
-        "rtbus_session_refusals_total:over_budget"] == 2000 - lookups
+    # Every other request was refused before any query: over the budget, or (on a loaded
+    # machine) after waiting in vain for one of the 4 pooled connections.
+    over_budget = after["rtbus_session_refusals_total:over_budget"] - before[
+        "rtbus_session_refusals_total:over_budget"]
+    pool_timeouts = pool_errors(port) - before_pool_errors
+    assert 2000 - lookups - pool_timeouts <= over_budget <= 2000 - lookups, (
+        over_budget, pool_timeouts, lookups)
     assert set(health.statuses) == {200}, health.statuses
     server.wait_log(r"session look-up budget spent: refused \d+ request\(s\) with unknown session ids")
 
@@ -153,13 +166,17 @@ def test_sessions_keep_working_for_everyone_during_a_flood(server, module_conn):
             cur.execute("INSERT INTO rtbus_session (sid, uid, partner_id, expires) VALUES"
                         " (%s, %s, %s, (now() at time zone 'utc') + interval '1 hour')", (sid, uid, uid))
     module_conn.commit()
-    flood(port, [random_sid() for _ in range(BUDGET + 20)], flooder)
-    assert outcome(*peek(port, random_sid(), flooder)) == "503"
-    # Signed sessions need no budget; another client has its own budget; the flooder's
-    # unsigned session waits until its budget refills.
+    seen = flood(port, [random_sid() for _ in range(BUDGET + 20)], flooder)
+    assert seen["503"] >= 1, seen
+    # The bucket refills one look-up a second: on a loaded machine one may have come back
+    # since the flood, so spend until refused, then ask at once for the flooder's own
+    # unsigned session, which must wait for the refill like any unknown sid.
+    spent = [outcome(*peek(port, random_sid(), flooder)) for _ in range(3)]
+    assert spent[-1] == "503", spent
+    assert outcome(*peek(port, flooders_own, flooder)) == "503"
+    # Signed sessions need no budget; another client has its own budget.
     assert outcome(*peek(port, signed, flooder)) == "result"
     assert outcome(*peek(port, own, "203.0.113.67")) == "result"
-    assert outcome(*peek(port, flooders_own, flooder)) == "503"
 
 
 def test_ipv6_clients_share_their_64(server):
