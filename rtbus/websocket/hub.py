@@ -27,22 +27,23 @@ _logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class WebsocketSettings:
-    """The websocket tunables, read once from the configuration."""
+    """The websocket tunables, read once from the configuration (`from_config`); their
+    defaults live in the settings table only."""
 
-    max_message_size: int = 1 << 20
-    keep_alive_timeout: float = 3600.0
-    ping_interval: float = 40.0
-    response_timeout: float = 15.0
-    rate_limit_burst: int = 10
-    rate_limit_delay: float = 0.2
-    send_timeout: float = 10.0
-    mailbox_max_bytes: int = 4 << 20
-    close_batch: int = 64
-    close_interval: float = 0.1
-    receive_budget: int = 64 << 20
-    compression: bool = True
-    compression_threshold: int = 512
-    compression_level: int = 1
+    max_message_size: int
+    keep_alive_timeout: float
+    ping_interval: float
+    response_timeout: float
+    rate_limit_burst: int
+    rate_limit_delay: float
+    send_timeout: float
+    mailbox_max_bytes: int
+    close_batch: int
+    close_interval: float
+    receive_budget: int
+    compression: bool
+    compression_threshold: int
+    compression_level: int
 
     @classmethod
     def from_config(cls, config) -> "WebsocketSettings":
