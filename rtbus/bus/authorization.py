@@ -10,10 +10,10 @@ the configuration; anything with the same `authorize` and `describe` methods (th
 The rules of `ChannelPolicy`, by default those of Odoo 19's
 `ir.websocket._build_bus_channel_list` and of its `mail` override:
 
-* The list holds strings only (else ValueError "bus.Bus only string channels are
+* The list holds strings only (else InvalidSubscription "bus.Bus only string channels are
   allowed.", Odoo's message) and at most `max_channels` of them; each, anchored to the
   database, must encode within channels.MAX_ENCODED_CHANNEL_BYTES. A request breaking
-  these rules is refused whole (ValueError): the transport logs it and keeps the
+  these rules is refused whole (InvalidSubscription): the transport logs it and keeps the
   connection, as Odoo does.
 * A client string `s` becomes the channel `[db, s]`, whoever asks: a public visitor
   (no cookie, or a stored session without a user) as much as a signed-in user. String
@@ -63,6 +63,7 @@ from typing import Any, Protocol
 import orjson
 
 from rtbus.bus import channels as bus_channels
+from rtbus.errors import InvalidSubscription
 from rtbus.session import Session
 
 logger = logging.getLogger("rtbus.bus.authorization")
@@ -83,8 +84,8 @@ class ChannelRules(Protocol):
 
     def authorize(self, session: Session, requested: Any) -> Subscription:
         """The Subscription of `session` (uid, partner, effective groups, database) for
-        the client's `requested` channels. Raises ValueError for a request refused whole
-        (shape, count, size); drops, without error, names the session may not have."""
+        the client's `requested` channels. Raises InvalidSubscription for a request refused
+        whole (shape, count, size); drops, without error, names the session may not have."""
 
     def describe(self) -> str:
         """The rules in one line, for the start-up log."""
@@ -144,7 +145,7 @@ class ChannelPolicy:
     def authorize(self, session: Session, requested: Any) -> Subscription:
         """Apply the rules of this module to the client's `requested` channels.
 
-        Returns the Subscription of `session` in its database. Raises ValueError
+        Returns the Subscription of `session` in its database. Raises InvalidSubscription
         (channels.InvalidChannel for a channel too long or not encodable) when the
         request breaks the rules on shape, count or size; drops, without error, channels
         the session may not listen to.
@@ -196,16 +197,17 @@ class ChannelPolicy:
 def check_channel_list(requested: Any, max_channels: int) -> list[str]:
     """Validate the shape of a client's channel list; return it as a list of str.
 
-    Raises ValueError when it is not a list, holds a non-string (Odoo's message) or
+    Raises InvalidSubscription when it is not a list, holds a non-string (Odoo's message) or
     has more than `max_channels` entries.
     """
     if not isinstance(requested, (list, tuple)):
-        raise ValueError(f"channels must be a list of strings, not {type(requested).__name__}")
+        raise InvalidSubscription(
+            f"channels must be a list of strings, not {type(requested).__name__}")
     if len(requested) > max_channels:
-        raise ValueError(f"{len(requested)} channels requested, more than the "
-                         f"{max_channels} allowed in one subscription")
+        raise InvalidSubscription(f"{len(requested)} channels requested, more than the "
+                                  f"{max_channels} allowed in one subscription")
     if not all(isinstance(channel, str) for channel in requested):
-        raise ValueError(NON_STRING_CHANNEL)
+        raise InvalidSubscription(NON_STRING_CHANNEL)
     return list(requested)
 
 

@@ -25,14 +25,12 @@ from collections.abc import Sequence
 
 import orjson
 
+from rtbus.errors import InvalidChannel
+
 # Bounded so that one channel always fits in a NOTIFY payload (8000 bytes by
 # default) with plenty of room, and so that a client cannot grow our channel maps
 # with megabyte-long keys.
 MAX_ENCODED_CHANNEL_BYTES = 1024
-
-
-class InvalidChannel(ValueError):
-    """A channel has an unknown shape, names another database, or is too long."""
 
 
 def _is_int(value) -> bool:

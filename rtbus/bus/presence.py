@@ -47,6 +47,7 @@ import psycopg2.extensions
 
 from rtbus.bus.authorization import SubscribeContext, Subscription
 from rtbus.bus.publish import Notifier, publishing, sendone
+from rtbus.errors import InvalidPresence
 from rtbus.session import Session
 
 logger = logging.getLogger("rtbus.bus.presence")
@@ -118,13 +119,13 @@ def status_for(inactivity_period_ms: float) -> str:
 def check_inactivity(value) -> float:
     """A client's `inactivity_period` as milliseconds in [0, ten years].
 
-    Raises ValueError when it is not a finite number (booleans included).
+    Raises InvalidPresence when it is not a finite number (booleans included).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"inactivity_period must be a number of milliseconds, "
-                         f"not {type(value).__name__}")
+        raise InvalidPresence(f"inactivity_period must be a number of milliseconds, "
+                              f"not {type(value).__name__}")
     if not math.isfinite(value):
-        raise ValueError("inactivity_period must be finite")
+        raise InvalidPresence("inactivity_period must be finite")
     return float(min(max(value, 0), _MAX_INACTIVITY_MS))
 
 
@@ -290,7 +291,7 @@ class PresenceService:
         """Handle `update_presence {inactivity_period}` for `session`; return the status
         now recorded for its user, or None for a public session (ignored, as in Odoo).
 
-        Raises ValueError for an invalid inactivity_period, PoolError and psycopg2
+        Raises InvalidPresence for an invalid inactivity_period, PoolError and psycopg2
         errors other than conflicts (there are none to raise).
         """
         if session.is_public:

@@ -28,7 +28,7 @@ from werkzeug.wrappers import Request, Response
 
 from rtbus.bus.authorization import SubscribeContext, authorize
 from rtbus.bus.dispatch import BACKLOG_SECONDS
-from rtbus.errors import SessionExpired
+from rtbus.errors import ClientError, SessionExpired
 from rtbus.http.jsonrpc import InvalidParams, JsonRpcError, error_response, jsonrpc_route
 from rtbus.session import sid_from_cookie_header
 
@@ -80,7 +80,7 @@ def peek_notifications(app, request: Request, *, channels, last=0, is_first_poll
                                       is_first_poll, client=request.remote_addr)
     try:
         subscription = authorize(session, channels, app.policy)
-    except ValueError as exc:
+    except ClientError as exc:
         raise InvalidParams(str(exc)) from None
     app.subscribe_hooks.run(session, subscription, SubscribeContext(
         pool=app.pool, transport="peek", extra={"remote": request.remote_addr}))

@@ -22,6 +22,8 @@ import orjson
 from werkzeug.wrappers import Request, Response
 
 from rtbus import errors
+from rtbus.errors import (  # noqa: F401  (the JSON-RPC errors, importable from here)
+    AccessDenied, InvalidParams, InvalidRequest, JsonRpcError, ParseError, ServiceUnavailable)
 from rtbus.http.body import read_body
 
 _logger = logging.getLogger(__name__)
@@ -30,47 +32,6 @@ _logger = logging.getLogger(__name__)
 # Anything else is refused: a page on another site can POST text/plain, a form's types
 # or no type at all without a CORS preflight, but never application/json.
 JSON_TYPES = ("application/json", "application/json-rpc")
-
-
-class JsonRpcError(errors.RtbusError):
-    """An error answered as a JSON-RPC error object.
-
-    `code` and `message` are the JSON-RPC ones; `name` is the exception name
-    Odoo clients look for in ``error.data.name``; `http_status` is the status
-    line of the HTTP response carrying it (Odoo answers 200 for most).
-    """
-
-    code = 200
-    message = "Odoo Server Error"
-    name = "rtbus.errors.ServerError"
-    http_status = 200
-
-    def __init__(self, detail: str, *, http_status: int | None = None, headers: dict | None = None):
-        super().__init__(detail)
-        self.detail = detail
-        if http_status is not None:
-            self.http_status = http_status
-        self.headers = headers or {}
-
-
-class ParseError(JsonRpcError):
-    code, message, name, http_status = -32700, "Parse error", "rtbus.jsonrpc.ParseError", 400
-
-
-class InvalidRequest(JsonRpcError):
-    code, message, name, http_status = -32600, "Invalid Request", "rtbus.jsonrpc.InvalidRequest", 400
-
-
-class InvalidParams(JsonRpcError):
-    code, message, name, http_status = -32602, "Invalid params", "rtbus.jsonrpc.InvalidParams", 200
-
-
-class AccessDenied(JsonRpcError):
-    message, name, http_status = "Access Denied", "odoo.exceptions.AccessDenied", 403
-
-
-class ServiceUnavailable(JsonRpcError):
-    message, name, http_status = "Service Unavailable", "rtbus.errors.ServiceUnavailable", 503
 
 
 class RawResult(bytes):

@@ -27,7 +27,7 @@ from werkzeug.wrappers import Request, Response
 
 from rtbus.bus.authorization import SubscribeContext, authorize
 from rtbus.bus.poll import Outcome, Poll
-from rtbus.errors import DatabaseUnavailable
+from rtbus.errors import ClientError, DatabaseUnavailable
 from rtbus.http import cors, misroute
 from rtbus.http.jsonrpc import InvalidParams, JsonRpcError, RawResult, error_response, jsonrpc_route
 from rtbus.session import sid_from_cookie_header
@@ -37,7 +37,7 @@ _READ = 1      # libev/libuv "readable" event mask
 
 
 class MisdirectedRequest(JsonRpcError):
-    message, name, http_status = "Misdirected Request", "rtbus.errors.MisdirectedRequest", 421
+    message, http_status = "Misdirected Request", 421
 
 
 def poll(app, request: Request) -> Response:
@@ -63,12 +63,12 @@ def _poll(app, request: Request, *, channels, last=0, options=None):
                                          client=request.remote_addr)
     try:
         subscription = authorize(session, channels, app.policy)
-    except ValueError as exc:
+    except ClientError as exc:
         raise InvalidParams(str(exc)) from None
     if INACTIVITY_OPTION in options and not session.is_public:
         try:
             app.presence.update_presence(session, options[INACTIVITY_OPTION])
-        except ValueError as exc:
+        except ClientError as exc:
             raise InvalidParams(f"options.{INACTIVITY_OPTION}: {exc}") from None
     if last == 0:
         # A page's first poll. Later polls re-subscribe after every answer: running

@@ -37,6 +37,7 @@ import gevent.lock
 from gevent.socket import wait_read
 
 from rtbus import errors
+from rtbus.errors import ClientError
 from rtbus.bus.mailbox import Mailbox
 from rtbus.websocket import events
 from rtbus.websocket.deflate import DeflateParams, is_compressed_frame
@@ -218,9 +219,7 @@ class WebsocketConnection:
             event = events.parse_event(message)
             self.session = self.hub.sessions.check(self.session)
             self.hub.handle_event(self, event)
-        except events.InvalidEvent as exc:
-            self._bad_event(exc)
-        except ValueError as exc:   # channel rules (bus.Bus only string channels are allowed...)
+        except ClientError as exc:   # a malformed event, refused channels or presence
             self._bad_event(exc)
         except Exception as exc:
             self._fail(exc)

@@ -42,6 +42,10 @@ MIN_WINDOW_BITS = 9
 INFLATER_COST = 48 << 10
 
 
+class _Declined(ValueError):
+    """An extension offer we do not accept: the handshake goes on without compression."""
+
+
 @functools.lru_cache(maxsize=8)   # one int object shared by every connection
 def compressed_size_limit(max_message_size: int) -> int:
     """Largest compressed message whose inflated form can still fit `max_message_size`.
@@ -73,7 +77,7 @@ _PARAM = re.compile(rf"\s*({_TOKEN})\s*(?:=\s*(?:({_TOKEN})|\"([^\"\\]*)\"))?\s*
 def parse_offers(header_values: Iterable[str]) -> list[tuple[str, list[tuple[str, str | None]]]]:
     """Parse Sec-WebSocket-Extensions values into [(extension, [(param, value)])], in order.
 
-    Several header lines read as one comma-separated list. Raises ValueError for text that
+    Several header lines read as one comma-separated list. Raises _Declined for text that
     does not follow the header's grammar (the caller then negotiates nothing).
     """
     offers = []
@@ -84,12 +88,12 @@ def parse_offers(header_values: Iterable[str]) -> list[tuple[str, list[tuple[str
             name, *raw_params = _split_outside_quotes(item, ";")
             name = name.strip()
             if not re.fullmatch(_TOKEN, name):
-                raise ValueError(f"invalid extension name {name!r}")
+                raise _Declined(f"invalid extension name {name!r}")
             params = []
             for raw in raw_params:
                 match = _PARAM.fullmatch(raw)
                 if match is None:
-                    raise ValueError(f"invalid extension parameter {raw.strip()!r}")
+                    raise _Declined(f"invalid extension parameter {raw.strip()!r}")
                 token_value, quoted_value = match.group(2), match.group(3)
                 params.append((match.group(1).lower(),
                                token_value if quoted_value is None else quoted_value))
@@ -106,7 +110,7 @@ def _split_outside_quotes(text: str, separator: str) -> list[str]:
             parts.append(text[start:index])
             start = index + 1
     if quoted:
-        raise ValueError("unterminated quoted string")
+        raise _Declined("unterminated quoted string")
     parts.append(text[start:])
     return parts
 
@@ -115,37 +119,37 @@ def _window_bits(value: str | None, *, required: bool) -> int | None:
     """A window size parameter's value: 8-15 (RFC 7692 §7.1.2); None when absent and allowed."""
     if value is None:
         if required:
-            raise ValueError("needs a value")
+            raise _Declined("needs a value")
         return None
     # A decimal integer from 8 to 15 without leading zeros (RFC 7692 §7.1.2.1).
     if not (re.fullmatch(r"[1-9][0-9]?", value) and 8 <= int(value) <= 15):
-        raise ValueError(f"invalid window size {value!r}")
+        raise _Declined(f"invalid window size {value!r}")
     return int(value)
 
 
 def _accept(params: list[tuple[str, str | None]]) -> tuple[str, DeflateParams]:
-    """Our answer to one permessage-deflate offer; ValueError when it must be declined."""
+    """Our answer to one permessage-deflate offer; _Declined when it must be declined."""
     seen: dict[str, str | None] = {}
     for name, value in params:
         if name in seen:
-            raise ValueError(f"parameter {name} given twice")
+            raise _Declined(f"parameter {name} given twice")
         seen[name] = value
     server_bits = None
     for name, value in seen.items():
         if name in ("server_no_context_takeover", "client_no_context_takeover"):
             if value is not None:
-                raise ValueError(f"{name} takes no value")
+                raise _Declined(f"{name} takes no value")
         elif name == "server_max_window_bits":
             server_bits = _window_bits(value, required=True)
         elif name == "client_max_window_bits":
             _window_bits(value, required=False)   # any size: we inflate with the largest window
         else:
-            raise ValueError(f"unknown parameter {name}")
+            raise _Declined(f"unknown parameter {name}")
     answer = f"{EXTENSION_NAME}; server_no_context_takeover; client_no_context_takeover"
     if server_bits is None:
         return answer, _PARAMS[MAX_WINDOW_BITS]
     if server_bits < MIN_WINDOW_BITS:
-        raise ValueError(f"a {server_bits}-bit window cannot be produced")
+        raise _Declined(f"a {server_bits}-bit window cannot be produced")
     return f"{answer}; server_max_window_bits={server_bits}", _PARAMS[server_bits]
 
 
@@ -160,14 +164,14 @@ def negotiate(header_values: Iterable[str]) -> tuple[str, DeflateParams] | None:
     """
     try:
         offers = parse_offers(header_values)
-    except ValueError:
+    except _Declined:
         return None
     for name, params in offers:
         if name != EXTENSION_NAME:
             continue
         try:
             return _accept(params)
-        except ValueError:
+        except _Declined:
             continue
     return None
 

@@ -15,11 +15,9 @@ import dataclasses
 
 import orjson
 
+from rtbus.errors import InvalidEvent
+
 CONNECTION_CHECK_PROBE = b"\x00"
-
-
-class InvalidEvent(ValueError):
-    """A client message that is not a well-formed event; logged, the connection is kept."""
 
 
 @dataclasses.dataclass(frozen=True)

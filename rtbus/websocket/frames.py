@@ -14,7 +14,10 @@ import enum
 import struct
 from collections.abc import Callable
 
-from rtbus.errors import RtbusError
+from rtbus.errors import ProtocolError
+from rtbus.websocket.codes import CloseCode
+
+__all__ = ["CloseCode", "ProtocolError"]  # imported from here by the codec's users
 
 MAX_CONTROL_PAYLOAD = 125
 # A close payload is a 2-byte code followed by the reason; both fit in a control frame.
@@ -35,27 +38,6 @@ class Opcode(enum.IntEnum):
 CONTROL_OPCODES = frozenset({Opcode.CLOSE, Opcode.PING, Opcode.PONG})
 
 
-class CloseCode(enum.IntEnum):
-    """Close status codes, with the names Odoo's bus uses for them."""
-
-    CLEAN = 1000
-    GOING_AWAY = 1001
-    PROTOCOL_ERROR = 1002
-    INCORRECT_DATA = 1003
-    ABNORMAL_CLOSURE = 1006      # local meaning only: drop the TCP connection, no close frame
-    INCONSISTENT_DATA = 1007
-    MESSAGE_VIOLATING_POLICY = 1008
-    MESSAGE_TOO_BIG = 1009
-    EXTENSION_NEGOTIATION_FAILED = 1010
-    SERVER_ERROR = 1011
-    RESTART = 1012
-    TRY_LATER = 1013
-    BAD_GATEWAY = 1014
-    SESSION_EXPIRED = 4001
-    KEEP_ALIVE_TIMEOUT = 4002
-    KILL_NOW = 4003
-
-
 # Codes 3000-4999 belong to libraries and applications; IANA-registered codes outside
 # that range are valid on the wire only if they are among the ones named above.
 _APPLICATION_CODES = range(3000, 5000)
@@ -65,18 +47,6 @@ _WIRE_CODES = frozenset(CloseCode) - {CloseCode.ABNORMAL_CLOSURE}
 def is_valid_close_code(code: int) -> bool:
     """True when `code` may appear in a close frame on the wire."""
     return code in _WIRE_CODES or code in _APPLICATION_CODES
-
-
-class ProtocolError(RtbusError):
-    """The peer broke RFC 6455; the connection must be closed with `code`.
-
-    `reason` is a sentence for logs and for the close frame.
-    """
-
-    def __init__(self, code: CloseCode, reason: str):
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 _OPCODES = {int(op): op for op in Opcode}

@@ -12,7 +12,7 @@ import binascii
 import hashlib
 from collections.abc import Mapping
 
-from rtbus.errors import RtbusError
+from rtbus.errors import HandshakeError
 
 # Value the browser worker sends as `/websocket?version=`. It must equal Odoo 19's
 # `_VERSION` in addons/bus/websocket.py: a client with another value runs stale bus
@@ -26,16 +26,6 @@ OUTDATED_VERSION_REASON = "OUTDATED_VERSION"
 # Lower case, sorted: the order in which missing ones are named.
 REQUIRED_HEADERS = ("connection", "host", "origin", "sec-websocket-key",
                     "sec-websocket-version", "upgrade")
-
-
-class HandshakeError(RtbusError):
-    """An upgrade request is refused: answer with `status`, `message` and `headers`."""
-
-    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or []
 
 
 def accept_key(key: str) -> str:

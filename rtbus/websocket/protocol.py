@@ -12,7 +12,7 @@ import codecs
 import dataclasses
 import enum
 
-from rtbus.errors import RtbusError
+from rtbus.errors import InvalidState
 from rtbus.websocket.budget import ReceiveBudget
 from rtbus.websocket.deflate import (INFLATER_COST, DeflateParams, MessageInflater,
                                      OutgoingMessage, compressed_size_limit)
@@ -39,10 +39,6 @@ class State(enum.IntEnum):
     OPEN = 0
     CLOSING = 1
     CLOSED = 2
-
-
-class InvalidState(RtbusError):
-    """A frame was sent after our close frame: nothing may follow it on the wire."""
 
 
 @dataclasses.dataclass(slots=True)
