@@ -90,6 +90,14 @@ class LookupBudgetExceeded(Overloaded):
     (``session_lookup_budget``): refused without asking the database, retry later."""
 
 
+class AuthProxyUnavailable(RtbusError):
+    """The application behind ``auth_proxy_url`` did not answer in time, answered an error
+    or an answer rtbus cannot read: the subscription is refused, the client retries.
+
+    WebSocket close 1013; HTTP 503 with Retry-After; a JSON-RPC server error.
+    """
+
+
 class ClusterError(RtbusError):
     """An embedded or throwaway PostgreSQL cluster could not be created, started or stopped."""
 
@@ -224,6 +232,8 @@ WIRE_OUTCOMES: tuple[tuple[type[BaseException], WireOutcome], ...] = (
         close_code=CloseCode.MESSAGE_VIOLATING_POLICY, http_status=403,
         close_reason="cross-origin request refused", rpc_code=403, rpc_message="403: Forbidden",
         rpc_name="werkzeug.exceptions.Forbidden", routine=True)),
+    (AuthProxyUnavailable, WireOutcome(close_code=CloseCode.TRY_LATER, http_status=503,
+                                       retry_after=5, close_reason="authorization unavailable")),
     (PoolError, WireOutcome(close_code=CloseCode.TRY_LATER, http_status=503, retry_after=1,
                             close_reason="try again later")),
     (LookupBudgetExceeded, WireOutcome(close_code=CloseCode.TRY_LATER, http_status=503,

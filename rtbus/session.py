@@ -201,6 +201,11 @@ def gc_sessions(conn, batch_size: int = 10_000, max_batches: int = 100) -> int:
 # -- reading the cookie ------------------------------------------------------------------------
 
 
+def well_formed_sid(sid) -> bool:
+    """Whether `sid` has a shape any session id may have (checked before any look-up)."""
+    return isinstance(sid, str) and _SID.fullmatch(sid) is not None
+
+
 def sid_from_cookie_header(source) -> str | None:
     """The `session_id` cookie's value, or None when absent or empty.
 

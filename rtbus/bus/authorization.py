@@ -45,6 +45,10 @@ The rules of `ChannelPolicy`, by default those of Odoo 19's
   would add base.group_public) and the user's partner `[db, "res.partner", <partner_id>]`
   when a user is signed in.
 
+When ``auth_proxy_url`` is set, rtbus.auth.sessions.ProxyRules takes the place of
+`ChannelPolicy`: the application answers who the session is and which channels it
+may hear (the shape and count rules above still apply to the request first).
+
 `AfterSubscribeHooks` is the extension point run once after a subscription is
 established (Odoo 19's `_after_subscribe_data`); presence registers one that pushes the
 presences that changed just before the subscription.
@@ -97,13 +101,20 @@ class Subscription:
 
     `channels`: encoded channels, sorted and unique. `presence_partner_ids`: partners
     whose presence was requested and granted, sorted. `dropped`: client channel names
-    refused by the rules (for debugging; never an error).
+    refused by the rules (for debugging; never an error). `session`: who the rules
+    found the session to be, when they decide that too (rtbus.auth's proxy asks the
+    application); None: the session the transport passed in, unchanged.
     """
 
     dbname: str
     channels: tuple[str, ...]
     presence_partner_ids: tuple[int, ...] = ()
     dropped: tuple[str, ...] = ()
+    session: Session | None = None
+
+    def session_or(self, session: Session) -> Session:
+        """The session the subscription runs as: the rules' finding, else `session`."""
+        return self.session if self.session is not None else session
 
     def anchored_channels(self) -> list[list]:
         """The channels as anchored lists, as peek_notifications answers them."""

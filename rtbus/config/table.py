@@ -338,6 +338,31 @@ SETTINGS: tuple[Setting, ...] = (
             "written).")),
     ),
     *in_section(
+        "Application authorization proxy",
+        Setting("auth_proxy_url", "str", None, flags=("--auth-proxy-url",), metavar="URL", help=(
+            "Base http:// or https:// URL of the application that decides who a session is and "
+            "which channels it may hear (rtbus POSTs to <URL>/subscribe and <URL>/events, see "
+            "docs/odoo.md); unset keeps rtbus's own sessions and channel policy.")),
+        Setting("auth_proxy_secret", "str", None, secret=True,
+                cli=False, help=(
+            "Shared secret with which rtbus signs each proxy request (HMAC-SHA256 of the "
+            "timestamp and the body, header X-Rtbus-Signature); required with auth_proxy_url.")),
+        Setting("auth_proxy_timeout", "float", 3.0, check=Range(0.1, 60), cli=False, help=(
+            "Seconds rtbus waits for the application's answer (connect and read) before the "
+            "subscription fails cleanly (close 1013, JSON-RPC error).")),
+        Setting("auth_proxy_cache_seconds", "float", 30.0, check=Range(0, 3600), cli=False, help=(
+            "Seconds an answer of the application is reused for the same session and channel "
+            "list; also how often an open socket's session is re-checked with the application.")),
+        Setting("auth_proxy_cache_size", "int", 10_000, check=Range(1), cli=False, help=(
+            "Bound on the answers kept (least recently used dropped first).")),
+        Setting("auth_proxy_connections", "int", 8, check=Range(1, 256), cli=False, help=(
+            "Bound on the HTTP connections kept open to the application per process; calls "
+            "beyond it wait for one (up to auth_proxy_timeout).")),
+        Setting("auth_proxy_event_queue", "int", 10_000, check=Range(1), cli=False, help=(
+            "Bound on the presence and close events waiting to be forwarded to the "
+            "application; events beyond it are dropped and counted.")),
+    ),
+    *in_section(
         "Browser client and demo",
         Setting("longpolling_public_url", "str", None, flags=("--longpolling-public-url",),
                 metavar="URL", help=(

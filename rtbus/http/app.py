@@ -45,6 +45,17 @@ class Application:
         self._longpolls = None
         self._subscribe_hooks = None
         self._static_files = None
+        # The application behind auth_proxy_url decides sessions, channels and presence.
+        self.auth = None
+        if config.auth_proxy_url:
+            from rtbus.auth import AuthBridge
+            from rtbus.bus.authorization import AfterSubscribeHooks
+            self.auth = AuthBridge.from_config(config)
+            self._sessions, self._policy = self.auth.sessions, self.auth.rules
+            self._presence = self.auth.presence
+            # The application runs its own after-subscribe steps (Odoo's
+            # _after_subscribe_data) while it answers the subscription.
+            self._subscribe_hooks = AfterSubscribeHooks()
         self.url_map = Map([
             Rule("/", endpoint=index_page.page, methods=["GET", "HEAD"]),
             Rule("/index.json", endpoint=index_page.json_index, methods=["GET", "HEAD"]),
@@ -157,6 +168,8 @@ class Application:
         """Release what the application holds (the publisher's imbus connection)."""
         if self._publisher is not None and self._publisher.notifier is not None:
             self._publisher.notifier.close()
+        if self.auth is not None:
+            self.auth.close()
 
     @property
     def serves_subscribers(self) -> bool:

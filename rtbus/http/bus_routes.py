@@ -82,6 +82,7 @@ def peek_notifications(app, request: Request, *, channels, last=0, is_first_poll
         subscription = authorize(session, channels, app.policy)
     except ClientError as exc:
         raise InvalidParams(str(exc)) from None
+    session = subscription.session_or(session)
     app.subscribe_hooks.run(session, subscription, SubscribeContext(
         pool=app.pool, transport="peek", extra={"remote": request.remote_addr}))
     return {"channels": subscription.anchored_channels(),
@@ -115,8 +116,7 @@ def on_closed(app, request: Request):
                                              client=request.remote_addr)
     except SessionExpired:
         return None      # signed out already: nobody to mark offline
-    if not session.is_public:
-        app.presence.set_offline(session)
+    app.presence.set_offline(session)     # a visitor's is ignored (or forwarded: rtbus.auth)
     return None
 
 

@@ -65,6 +65,7 @@ def _poll(app, request: Request, *, channels, last=0, options=None):
         subscription = authorize(session, channels, app.policy)
     except ClientError as exc:
         raise InvalidParams(str(exc)) from None
+    session = subscription.session_or(session)
     if INACTIVITY_OPTION in options and not session.is_public:
         try:
             app.presence.update_presence(session, options[INACTIVITY_OPTION])

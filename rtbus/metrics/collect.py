@@ -55,6 +55,9 @@ def session_figures(app) -> dict:
     if app is None:
         return {}
     figures = {"rtbus_cross_origin_requests_total": dict(app.origins.counters)}
+    auth = getattr(app, "auth", None)
+    if auth is not None:
+        return {**figures, **auth_proxy_figures(auth)}
     sessions = getattr(app, "_sessions", None)     # never created here
     if sessions is not None:
         stats = sessions.stats()
@@ -62,6 +65,23 @@ def session_figures(app) -> dict:
         figures["rtbus_session_refusals_total"] = {
             "invalid": stats["refused"], "forged": stats["forged"], "over_budget": stats["over_budget"]}
     return figures
+
+
+def auth_proxy_figures(auth) -> dict:
+    """The calls, cache and events of an AuthBridge (rtbus.auth)."""
+    stats = auth.proxy.stats()
+    events = auth.forwarder.counters
+    return {
+        "rtbus_auth_proxy_calls_total": stats["calls"],
+        "rtbus_auth_proxy_cache_total": {"hit": stats["hits"], "joined": stats["joined"],
+                                         "ended": stats["ended_refusals"]},
+        "rtbus_auth_proxy_errors_total": stats["errors"],
+        "rtbus_auth_proxy_refusals_total": stats["refusals"],
+        "rtbus_auth_proxy_cached_answers": stats["cached"],
+        "rtbus_auth_proxy_latency_seconds": auth.proxy.latency.snapshot(),
+        "rtbus_auth_proxy_events_total": {"sent": events["sent"], "dropped": events["dropped"],
+                                          "failed": events["failed"]},
+    }
 
 
 def hub_figures(hub) -> dict:

@@ -43,6 +43,24 @@ _FAMILIES = (
     Family("rtbus_pool_dead_connections_total", "counter",
            "Idle pooled connections found dead when lent (their server vanished or ended the "
            "session) and replaced.", "pool"),
+    # -- the authorization proxy (auth_proxy_url) ---------------------------------------
+    Family("rtbus_auth_proxy_calls_total", "counter",
+           "Calls to the application's subscribe route (cache misses and re-checks)."),
+    Family("rtbus_auth_proxy_cache_total", "counter",
+           "Subscriptions answered without a call, by how: hit (a fresh answer), joined (waited "
+           "for the same call in flight: single-flight), ended (a session known to have ended).",
+           "result"),
+    Family("rtbus_auth_proxy_errors_total", "counter",
+           "Calls that failed (timeout, refused, HTTP error, unreadable answer): close 1013, "
+           "JSON-RPC error."),
+    Family("rtbus_auth_proxy_refusals_total", "counter",
+           "Answers saying the session ended (close 4001, JSON-RPC error 100)."),
+    Family("rtbus_auth_proxy_cached_answers", "gauge", "Answers of the application kept."),
+    Family("rtbus_auth_proxy_latency_seconds", "histogram",
+           "Time of one call to the application's subscribe route."),
+    Family("rtbus_auth_proxy_events_total", "counter",
+           "Presence and close events for the application, by outcome: sent, dropped (the queue "
+           "was full), failed (the batch could not be delivered).", "outcome"),
     # -- sessions and origins -----------------------------------------------------------
     Family("rtbus_session_lookups_total", "counter", "Session checks that queried the database."),
     Family("rtbus_session_refusals_total", "counter",

@@ -209,7 +209,7 @@ class EventedServer:
         self.dispatcher = ImDispatch.from_config(config)
         self.app = Application(config, role=self.mode, pool=self.pool, dispatcher=self.dispatcher)
         from rtbus.session import NOTIFY_CHANNEL
-        self.dispatcher.listen(NOTIFY_CHANNEL, self.app.sessions.on_session_notify)
+        self.dispatcher.listen(NOTIFY_CHANNEL, self._on_session_notify)
         if not self.dispatcher.start(wait=10.0):
             _logger.warning("LISTEN imbus is not up yet; the dispatcher keeps retrying in the background")
         self.hub = self._make_hub()
@@ -239,6 +239,12 @@ class EventedServer:
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.request_stop, signal.Signals(signum).name)
         gevent.signal_handler(signal.SIGQUIT, self._stop_now, "SIGQUIT")
+
+    def _on_session_notify(self, dbname: str, payload: str) -> None:
+        # The dispatcher's greenlet: the cache first, then the open sockets concerned.
+        self.app.sessions.on_session_notify(dbname, payload)
+        if self.hub is not None:
+            self.hub.recheck_sessions(dbname, payload)
 
     def _snapshot_writer(self):
         from rtbus.metrics import collect

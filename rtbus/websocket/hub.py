@@ -142,6 +142,34 @@ class Hub:
                 gevent.sleep(self.settings.close_interval)
         return len(targets)
 
+    def recheck_sessions(self, dbname: str, sid_prefix: str) -> None:
+        """A session of `dbname` whose sid starts with `sid_prefix` was revoked or ended
+        (NOTIFY rtbus_session): re-check the connections presenting it now, and close
+        with 4001 those whose session stopped being valid, rather than at their next
+        message or dispatch. A whole-database payload ("*") is left to those checks:
+        re-checking every connection at once would be a storm of look-ups."""
+        from rtbus.session import SID_PREFIX_LENGTH
+
+        if sid_prefix == "*" or len(sid_prefix) < SID_PREFIX_LENGTH:
+            return
+        targets = [connection for connection in self.connections.values()
+                   if connection.dbname == dbname and connection.session.sid is not None
+                   and connection.session.sid.startswith(sid_prefix)]
+        if targets:
+            gevent.spawn(self._recheck, targets)
+
+    def _recheck(self, targets: list) -> None:
+        from rtbus.errors import SessionExpired
+
+        for connection in targets:
+            try:
+                connection.session = self.sessions.check(connection.session)
+            except SessionExpired:
+                _logger.info("%s: session ended, closing with 4001", connection)
+                connection.close(CloseCode.SESSION_EXPIRED, "session expired")
+            except Exception as exc:      # the next message or dispatch re-checks it
+                _logger.warning("%s: could not re-check the session: %s", connection, exc)
+
     # -- events ----------------------------------------------------------
     def handle_event(self, connection, event: events.ClientEvent) -> None:
         """Act on one client event; raises InvalidEvent/ValueError for bad ones."""
@@ -158,6 +186,7 @@ class Hub:
         from rtbus.bus.authorization import SubscribeContext, authorize
 
         subscription = authorize(connection.session, request.channels, self.policy)
+        connection.session = subscription.session_or(connection.session)
         self.dispatcher.subscribe(connection, connection.dbname, list(subscription.channels),
                                   request.last, connection.mailbox)
         self.counters["subscriptions"] += 1
