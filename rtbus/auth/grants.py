@@ -87,6 +87,7 @@ class _Flight:
 class _Entry:
     grant: Grant
     fresh_until: float
+    asked_at: float           # when the call that gave `grant` began
 
 
 class GrantCache:
@@ -120,36 +121,41 @@ class GrantCache:
                 self.counters["joined"] += 1
         if not leader:
             return self._await(flight, wait)
+        asked_at = self._clock()
         try:
             flight.grant = fetch()
         except BaseException as exc:
             flight.error = exc
             raise
         else:
-            self.put(key, flight.grant)
+            self.put(key, flight.grant, asked_at=asked_at)
             return flight.grant
         finally:
             with self._lock:
                 self._flights.pop(key, None)
             flight.done.set()
 
-    def put(self, key: Hashable, grant: Grant) -> None:
+    def put(self, key: Hashable, grant: Grant, *, asked_at: float | None = None) -> None:
+        """Remember `grant` for `ttl` seconds; `asked_at`: when the call that gave it
+        began (default: now)."""
         if self.ttl <= 0:
             return
+        now = self._clock()
         with self._lock:
-            self._entries[key] = _Entry(grant, self._clock() + self.ttl)
+            self._entries[key] = _Entry(grant, now + self.ttl, now if asked_at is None else asked_at)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
                 self.counters["evictions"] += 1
 
-    def peek(self, key: Hashable) -> tuple[Grant, bool] | None:
-        """The grant remembered for `key` and whether it is still fresh, or None."""
+    def peek(self, key: Hashable) -> tuple[Grant, bool, float] | None:
+        """The grant remembered for `key`, whether it is still fresh and when it was
+        asked for; None when nothing is remembered."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            return entry.grant, self._clock() < entry.fresh_until
+            return entry.grant, self._clock() < entry.fresh_until, entry.asked_at
 
     def forget(self, matches: Callable[[Any], bool]) -> int:
         """Drop every entry whose key `matches`; return how many."""

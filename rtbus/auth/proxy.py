@@ -3,8 +3,14 @@
 One per process, built at start-up when ``auth_proxy_url`` is set. It asks
 ``POST <url>/subscribe`` (rtbus.auth documents the contract) through a ProxyClient,
 remembers each answer for ``auth_proxy_cache_seconds`` per (database, sid, requested
-channels), single-flight, and remembers the sessions the application said ended
-(a refusal, or NOTIFY rtbus_session) so that they are refused without asking again.
+channels), single-flight, and the latest answer about each session (its identity).
+
+Ending sessions (NOTIFY rtbus_session, payload: a sid prefix). The payload names a
+prefix, never a whole sid, and an application may keep that prefix across a rotation
+(Odoo 19's "soft" rotation keeps the stored part of the sid). So an end does not refuse
+the prefix outright: it refuses each session of that prefix *whose identity was
+answered before the end*, for a while, and forgets the channel answers of the prefix;
+a session first answered afterwards (the rotated-in one) is served normally.
 """
 
 from __future__ import annotations
@@ -60,16 +66,21 @@ class AuthProxy:
         """The application's answer for `sid` (None: a visitor without a cookie) asking
         for `channels` in `dbname`: from the cache, or one call shared by every caller
         asking the same meanwhile. Raises AuthProxyUnavailable."""
-        if sid is not None and self.has_ended(dbname, sid):
-            self.counters["ended_refusals"] += 1
-            return Grant(valid=False)
         key = (dbname, sid, channels)
         return self.grants.get(key, lambda: self._call(dbname, sid, channels),
                                wait=self.client.timeout + 1.0)
 
     def identity(self, dbname: str, sid: str) -> tuple[Grant, bool] | None:
-        """The latest answer about `sid` and whether it is fresh, or None if unknown."""
-        return self.identities.peek((dbname, sid))
+        """The latest answer about `sid` and whether it is fresh; None when unknown.
+        An answer given before an end of its sid's prefix says ``valid: False``."""
+        known = self.identities.peek((dbname, sid))
+        if known is None:
+            return None
+        grant, fresh, asked_at = known
+        if grant.valid and self.ended_since(dbname, sid, asked_at):
+            self.counters["ended_refusals"] += 1
+            return Grant(valid=False), fresh
+        return grant, fresh
 
     def refresh_soon(self, dbname: str, sid: str) -> None:
         """Re-ask the application about `sid` in the background (once at a time per sid).
@@ -93,6 +104,8 @@ class AuthProxy:
                 self._refreshing.discard((dbname, sid))
 
     def _call(self, dbname: str, sid: str | None, channels: tuple[str, ...]) -> Grant:
+        # An end arriving during the call must win over its answer: the identity is
+        # dated from the call's start.
         started = self._clock()
         self.counters["calls"] += 1
         try:
@@ -106,48 +119,46 @@ class AuthProxy:
         finally:
             self.latency.observe(self._clock() - started)
         if sid is not None:
-            self.identities.put((dbname, sid), grant)
-            if not grant.valid:
-                self.counters["refusals"] += 1
-                self.end(dbname, sid)
+            self.identities.put((dbname, sid), grant, asked_at=started)
+        if not grant.valid:
+            self.counters["refusals"] += 1
         return grant
 
     # -- ended sessions ----------------------------------------------------------------
 
     def end(self, dbname: str, prefix: str) -> int:
-        """Note that the sessions of `dbname` whose sid starts with `prefix` (at least
-        SID_PREFIX_LENGTH characters; "*": all of them) ended: forget what was said of
-        them, and refuse them for `ttl` seconds without asking (NOTIFY rtbus_session).
-        Returns how many answers were forgotten."""
-        if prefix != "*":
-            prefix = prefix[:SID_PREFIX_LENGTH]
+        """The application ended the sessions of `dbname` whose sid starts with `prefix`
+        (NOTIFY rtbus_session; see the module docstring). Forgets the channel answers
+        of that prefix and refuses, for max(ttl, 60) s, the sessions of the prefix
+        answered before now. `prefix` "*" or shorter than SID_PREFIX_LENGTH (a whole
+        database, or a LISTEN that reconnected and may have missed ends): forget every
+        channel answer of `dbname`; identities stay until their ttl. Returns how many
+        answers were forgotten."""
         if prefix == "*" or len(prefix) < SID_PREFIX_LENGTH:
-            # Whole database (or a LISTEN reconnected, so notifications may be lost):
-            # forget every answer; nothing is refused unasked.
-            return (self.grants.forget(lambda key: key[0] == dbname)
-                    + self.identities.forget(lambda key: key[0] == dbname))
+            return self.grants.forget(lambda key: key[0] == dbname)
+        prefix = prefix[:SID_PREFIX_LENGTH]
+        now = self._clock()
         with self._lock:
-            self._ended[(dbname, prefix)] = self._clock() + max(self.ttl, 1.0)
+            self._ended[(dbname, prefix)] = now
             self._ended.move_to_end((dbname, prefix))
             while len(self._ended) > self._max_entries:
                 self._ended.popitem(last=False)
         self.counters["ended"] += 1
+        return self.grants.forget(lambda key: key[0] == dbname and isinstance(key[1], str)
+                                  and key[1].startswith(prefix))
 
-        def named(key) -> bool:
-            return key[0] == dbname and isinstance(key[1], str) and key[1].startswith(prefix)
-
-        return self.grants.forget(named) + self.identities.forget(named)
-
-    def has_ended(self, dbname: str, sid: str) -> bool:
+    def ended_since(self, dbname: str, sid: str, asked_at: float | None) -> bool:
+        """Whether `sid`'s prefix was ended after `asked_at` (None: at any time in the
+        remembered window)."""
         key = (dbname, sid[:SID_PREFIX_LENGTH])
         with self._lock:
-            until = self._ended.get(key)
-            if until is None:
+            ended_at = self._ended.get(key)
+            if ended_at is None:
                 return False
-            if self._clock() < until:
-                return True
-            del self._ended[key]
-            return False
+            if self._clock() - ended_at > max(self.ttl, 60.0):
+                del self._ended[key]
+                return False
+        return asked_at is None or asked_at <= ended_at
 
     # -- figures -----------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ class ProxySessions:
         Raises SessionExpired for a sid known to have ended. Never calls the application."""
         if not sid:
             return self.public(dbname)
-        if not well_formed_sid(sid) or self.proxy.has_ended(dbname, sid):
+        if not well_formed_sid(sid):
             raise SessionExpired("session expired")
         known = self.proxy.identity(dbname, sid)
         if known is None:
@@ -54,13 +54,22 @@ class ProxySessions:
 
     def check(self, session: Session) -> Session:
         """Re-check an open connection's session from what the application said last;
-        SessionExpired once it said the session ended. Never waits on the application."""
+        SessionExpired once it said the session ended. Never waits on the application.
+
+        A session not subscribed yet (provisional: not `is_websocket_session`) is left
+        as it is: its subscription asks. A subscribed one whose answer was dropped from
+        the bounded cache is re-asked in the background, and refused if its prefix
+        ended meanwhile.
+        """
         if session.sid is None:
             return session
-        if self.proxy.has_ended(session.dbname, session.sid):
-            raise SessionExpired("session expired")
         known = self.proxy.identity(session.dbname, session.sid)
         if known is None:
+            if not session.is_websocket_session:
+                return session
+            if self.proxy.ended_since(session.dbname, session.sid, None):
+                raise SessionExpired("session expired")
+            self.proxy.refresh_soon(session.dbname, session.sid)
             return session
         grant, fresh = known
         if not grant.valid:
@@ -81,10 +90,8 @@ class ProxySessions:
         if dbname is None:
             self.proxy.grants.forget(lambda key: True)
             self.proxy.identities.forget(lambda key: True)
-        elif sid is None:
-            self.proxy.end(dbname, "*")
         else:
-            self.proxy.end(dbname, sid)
+            self.proxy.end(dbname, "*" if sid is None else sid)
 
     def on_session_notify(self, dbname: str, payload: str) -> None:
         """The ``rtbus_session`` NOTIFY callback: the application ended the sessions whose

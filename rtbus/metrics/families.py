@@ -48,7 +48,8 @@ _FAMILIES = (
            "Calls to the application's subscribe route (cache misses and re-checks)."),
     Family("rtbus_auth_proxy_cache_total", "counter",
            "Subscriptions answered without a call, by how: hit (a fresh answer), joined (waited "
-           "for the same call in flight: single-flight), ended (a session known to have ended).",
+           "for the same call in flight: single-flight), ended (refused unasked: the session's "
+           "end was signalled after its last answer).",
            "result"),
     Family("rtbus_auth_proxy_errors_total", "counter",
            "Calls that failed (timeout, refused, HTTP error, unreadable answer): close 1013, "

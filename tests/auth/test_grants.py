@@ -139,3 +139,38 @@ def test_client_reports_a_refused_connection():
     client = ProxyClient(f"http://127.0.0.1:{port}/rtbus", "s", timeout=1)
     with pytest.raises(AuthProxyUnavailable, match="authorization proxy"):
         client.post("subscribe", {})
+
+
+class StubClient:
+    """Answers every subscribe call with the next of `answers` (a real client is tested
+    against a real application in test_proxy_server)."""
+
+    timeout = 1.0
+    base_url = "http://app.invalid/rtbus"
+
+    def __init__(self):
+        self.calls = []
+
+    def post(self, path, payload, *, cookie=None):
+        self.calls.append((path, payload, cookie))
+        return {"valid": True, "uid": 5, "partner_id": 50, "channels": payload["channels"]}
+
+
+def test_an_end_refuses_sessions_answered_before_it_only():
+    from rtbus.auth.proxy import AuthProxy
+
+    clock = Clock()
+    client = StubClient()
+    proxy = AuthProxy(client, ttl=30, max_entries=100, clock=clock)
+    old, rotated = "a" * 16 + "-old-session", "a" * 16 + "-new-session"
+    proxy.grant("db", old, ("x",))
+    assert client.calls[0][2] == f"session_id={old}"
+    clock.now += 1
+    proxy.end("db", old[:16])
+    assert proxy.identity("db", old)[0].valid is False
+    clock.now += 1
+    assert proxy.grant("db", rotated, ("x",)).valid
+    assert proxy.identity("db", rotated)[0].valid
+    clock.now += 61          # the end is forgotten after max(ttl, 60) s
+    assert proxy.identity("db", old)[0].valid
+    assert proxy.stats()["ended"] == 1 and proxy.stats()["calls"] == 2
