@@ -9,7 +9,8 @@ thread of the test process. Its rules:
   ``broadcast`` and, for a user, ``["res.partner", partner_id]``.
 - `behaviour[sid]` overrides the answer for one sid: ``"slow"`` answers after `delay`
   seconds, ``"error"`` answers HTTP 500, ``"gate"`` holds the call until `gate` is set.
-- Every request must carry a valid signature under `secret` (else 403, counted).
+- Every POST must carry a valid signature under `secret` (else 403, counted); a GET
+  answers ``{"served_by": "application"}``, standing in for the rest of Odoo.
 
 `calls` counts subscribe calls per sid, `events` keeps every forwarded event.
 """
@@ -114,6 +115,10 @@ class AuthApp:
                     super().finish()
                 except OSError:
                     pass
+
+            def do_GET(self):
+                # Standing in for the rest of Odoo (the web client) behind nginx.
+                return self._send(200, {"served_by": "application", "path": self.path})
 
             def do_POST(self):
                 data = self.rfile.read(int(self.headers.get("Content-Length", 0)))

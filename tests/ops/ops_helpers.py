@@ -37,17 +37,22 @@ def ops_env(pg_cluster, dbname: str, **extra) -> dict[str, str]:
 
 
 class Nginx:
-    """A real nginx running the loopback rendering of conf/nginx.conf."""
+    """A real nginx running the loopback rendering of conf/nginx.conf, or of another
+    sample: `render(port, redirect_port)` returns the site to run instead."""
 
-    def __init__(self, binary: str, directory: str, http_port: int, longpolling_port: int):
+    def __init__(self, binary: str, directory: str, http_port: int = 0, longpolling_port: int = 0,
+                 render=None):
         self.binary = binary
         self.directory = directory
         self.port = free_port()          # stands for 443 (without TLS)
         self.redirect_port = free_port()  # stands for 80
-        self.site = render_site(open(NGINX_SAMPLE).read(), http_port=http_port,
-                                longpolling_port=longpolling_port, port=self.port,
-                                redirect_port=self.redirect_port, logs=directory,
-                                monitoring=["127.0.0.1"])
+        if render is not None:
+            self.site = render(self.port, self.redirect_port)
+        else:
+            self.site = render_site(open(NGINX_SAMPLE).read(), http_port=http_port,
+                                    longpolling_port=longpolling_port, port=self.port,
+                                    redirect_port=self.redirect_port, logs=directory,
+                                    monitoring=["127.0.0.1"])
         self.conf = os.path.join(directory, "nginx.conf")
         with open(os.path.join(directory, "rtbus-site.conf"), "w") as f:
             f.write(self.site)
@@ -89,7 +94,7 @@ class Nginx:
             return f.read()
 
 
-def _replace_once(text: str, old: str, new: str) -> str:
+def replace_once(text: str, old: str, new: str) -> str:
     """Replace `old`, which must occur exactly once: the sample and this rendering stay in step."""
     count = text.count(old)
     assert count == 1, f"conf/nginx.conf: expected {old!r} once, found it {count} times"
@@ -99,15 +104,21 @@ def _replace_once(text: str, old: str, new: str) -> str:
 def render_site(sample: str, *, http_port: int, longpolling_port: int, port: int, redirect_port: int,
                 logs: str, monitoring: list[str]) -> str:
     """The loopback variant of the sample: ports, no TLS, logs in `logs`, the given monitoring hosts."""
-    site = _replace_once(sample, "server 127.0.0.1:8069;", f"server 127.0.0.1:{http_port};")
-    site = _replace_once(site, "server 127.0.0.1:8072;", f"server 127.0.0.1:{longpolling_port};")
-    site = _replace_once(site, "    listen 80;\n    listen [::]:80;\n", f"    listen 127.0.0.1:{redirect_port};\n")
-    site = _replace_once(site, "    listen 443 ssl;\n    listen [::]:443 ssl;\n", f"    listen 127.0.0.1:{port};\n")
-    site = re.sub(r"\n    ssl_[a-z_]+ [^;]+;", "", site)
-    site = _replace_once(site, "/var/log/nginx/rtbus.access.log", os.path.join(logs, "rtbus.access.log"))
-    site = _replace_once(site, "/var/log/nginx/rtbus.error.log", os.path.join(logs, "rtbus.error.log"))
-    site = _replace_once(site, "        allow 192.0.2.10;\n",
+    site = replace_once(sample, "server 127.0.0.1:8069;", f"server 127.0.0.1:{http_port};")
+    site = replace_once(site, "server 127.0.0.1:8072;", f"server 127.0.0.1:{longpolling_port};")
+    site = replace_once(site, "        allow 192.0.2.10;\n",
                          "".join(f"        allow {address};\n" for address in monitoring))
+    return loopback(site, port=port, redirect_port=redirect_port, logs=logs, log_name="rtbus")
+
+
+def loopback(site: str, *, port: int, redirect_port: int, logs: str, log_name: str) -> str:
+    """A site sample's listeners moved to loopback ports, without TLS, logging into `logs`
+    (as rtbus.access.log, which Nginx.access_log reads); `log_name` names the sample's logs."""
+    site = replace_once(site, "    listen 80;\n    listen [::]:80;\n", f"    listen 127.0.0.1:{redirect_port};\n")
+    site = replace_once(site, "    listen 443 ssl;\n    listen [::]:443 ssl;\n", f"    listen 127.0.0.1:{port};\n")
+    site = re.sub(r"\n    ssl_[a-z_]+ [^;]+;", "", site)
+    site = replace_once(site, f"/var/log/nginx/{log_name}.access.log", os.path.join(logs, "rtbus.access.log"))
+    site = replace_once(site, f"/var/log/nginx/{log_name}.error.log", os.path.join(logs, "rtbus.error.log"))
     assert "ssl" not in site.replace("ssi off", ""), "TLS directives left in the loopback rendering"
     return site
 
