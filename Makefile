@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test docs bench clean
+.PHONY: install run test test-odoo docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,17 @@ docs: install
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+## Run rtbus against a real Odoo 19 (tests/odoo/): ODOO_SRC names an Odoo 19 source tree;
+## its requirements go into a venv of their own ($(ODOO_VENV)). Without ODOO_SRC: an error.
+ODOO_VENV ?= .odoo-venv
+ODOO_PYTHON_VERSION ?= python3
+test-odoo: install
+	@test -n "$(ODOO_SRC)" || { echo "make test-odoo needs ODOO_SRC=<an Odoo 19 source tree>"; exit 2; }
+	@test -f "$(ODOO_SRC)/odoo-bin" || { echo "$(ODOO_SRC) has no odoo-bin: not an Odoo tree"; exit 2; }
+	test -x $(ODOO_VENV)/bin/python || $(ODOO_PYTHON_VERSION) -m venv $(ODOO_VENV)
+	grep -v -i '^python-ldap\|^psycopg2' "$(ODOO_SRC)/requirements.txt" > $(ODOO_VENV)/requirements.txt
+	echo psycopg2-binary >> $(ODOO_VENV)/requirements.txt
+	$(ODOO_VENV)/bin/python -m pip install --quiet --prefer-binary -r $(ODOO_VENV)/requirements.txt
+	RTBUS_TEST_ODOO_SRC="$(abspath $(ODOO_SRC))" RTBUS_TEST_ODOO_PYTHON="$(abspath $(ODOO_VENV))/bin/python" \
+		$(BIN)/python -m pytest -p no:cacheprovider -rs tests/odoo $(PYTEST_ARGS)
