@@ -103,7 +103,7 @@ class ForwardingPresence:
         self.forwarder = forwarder
 
     def update_presence(self, session: Session, inactivity_period) -> None:
-        """Forward `update_presence` of a signed-in session; ValueError for a bad period."""
+        """Forward `update_presence` of a signed-in session; InvalidPresence for a bad period."""
         inactivity = check_inactivity(inactivity_period)
         if session.is_public or session.sid is None:
             return None

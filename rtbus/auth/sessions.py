@@ -110,7 +110,7 @@ class ProxyRules:
         self.max_channels = int(max_channels)
 
     def authorize(self, session: Session, requested: Any) -> Subscription:
-        """The application's Subscription for `requested` (ValueError for a list of the
+        """The application's Subscription for `requested` (InvalidSubscription for a list of the
         wrong shape or size, SessionExpired when the application refuses the session,
         AuthProxyUnavailable when it cannot answer)."""
         names = tuple(sorted(set(check_channel_list(requested, self.max_channels))))
