@@ -104,26 +104,30 @@ def test_answers_are_cached_per_session_and_channels(server, app):
     assert metric(server.longpolling_port, "rtbus_auth_proxy_cache_total", result="hit") >= 3
 
 
+STORM = 1000     # sockets of one session reconnecting at once
+
+
 def test_reconnects_of_one_session_make_one_call(server, app, publish):
     """Single-flight: while the first call is held by the application, every other
-    subscription of the session waits for it instead of calling too."""
+    subscription of the session waits for it instead of calling too: a thousand
+    reconnects, one call."""
     sid = "storm-session-0004-dddddddd"
     app.sessions[sid] = (10, 100)
     app.behaviour[sid] = "gate"
     app.gate.clear()
     joined_before = metric(server.longpolling_port, "rtbus_auth_proxy_cache_total", result="joined")
-    sockets = [busclient.connect(server.longpolling_port, sid=sid) for _ in range(60)]
+    sockets = [busclient.connect(server.longpolling_port, sid=sid, timeout=30) for _ in range(STORM)]
     for ws in sockets:
         busclient.subscribe(ws, ["storm"], wait=False)
     wait_until(lambda: app.calls[sid] >= 1, 10, message="the first call reached the application")
-    wait_metric(server.longpolling_port, "rtbus_auth_proxy_cache_total", joined_before + 59,
-                result="joined")
+    wait_metric(server.longpolling_port, "rtbus_auth_proxy_cache_total", joined_before + STORM - 1,
+                timeout=60, result="joined")
     app.gate.set()
     for ws in sockets:
-        busclient.barrier(ws)
+        busclient.barrier(ws, timeout=30)
     marker = publish.one("storm")
     for ws in sockets:
-        assert marker in busclient.received_before(ws, marker)
+        assert marker in busclient.received_before(ws, marker, timeout=30)
         ws.close()
     assert app.calls[sid] == 1
     del app.behaviour[sid]
