@@ -81,7 +81,9 @@ class Session:
     and every group they imply, transitively (Odoo 19's all_group_ids), sorted.
 
     A public session has `sid` None (no cookie) or is a stored session with no user;
-    its `expires_at` is None when it was not stored.
+    its `expires_at` is None when it was not stored. `forwarded_cookies`: the request's
+    other cookies that an authorization proxy forwards (``auth_proxy_cookies``, such as
+    Odoo's guest token), as sorted (name, value) pairs; empty otherwise.
     """
 
     sid: str | None
@@ -91,6 +93,7 @@ class Session:
     group_ids: tuple[int, ...]
     is_websocket_session: bool = False
     expires_at: datetime.datetime | None = None
+    forwarded_cookies: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_public(self) -> bool:
@@ -328,8 +331,11 @@ class SessionStore:
         """The session of a visitor without a cookie: no user, no partner, no groups."""
         return Session(sid=None, dbname=dbname, uid=None, partner_id=None, group_ids=())
 
-    def authenticate(self, dbname: str, sid: str | None, *, client: str | None = None) -> Session:
+    def authenticate(self, dbname: str, sid: str | None, *, client: str | None = None,
+                     cookies=None) -> Session:
         """The session a new connection or request from `client` (an address) runs as.
+        (`cookies`, the request's others, are for stores that forward them: unused here,
+        an rtbus session depends on its sid alone.)
 
         No sid (no cookie): the public session. A sid: its valid session, else
         SessionExpired (a stale cookie is refused, not downgraded to public);
@@ -358,7 +364,7 @@ class SessionStore:
         return current
 
     def check_poll(self, dbname: str, sid: str | None, is_first_poll: bool, *,
-                   client: str | None = None) -> Session:
+                   client: str | None = None, cookies=None) -> Session:
         """The session of a `/websocket/peek_notifications` call (Odoo's rule).
 
         The first poll marks the session as a websocket session; a later poll of a

@@ -6,7 +6,8 @@ thread of the test process. Its rules:
 - `sessions` maps sid → (uid, partner_id); any other sid is answered ``valid: false``.
   No cookie: a visitor (uid null).
 - A requested channel is granted unless it starts with ``secret.``; the server adds
-  ``broadcast`` and, for a user, ``["res.partner", partner_id]``.
+  ``broadcast``, for a user ``["res.partner", partner_id]``, and for a guest (a ``dgid``
+  cookie, Odoo's guest token) ``guest.<token>``.
 - `behaviour[sid]` overrides the answer for one sid: ``"slow"`` answers after `delay`
   seconds, ``"error"`` answers HTTP 500, ``"gate"`` holds the call until `gate` is set.
 - Every POST must carry a valid signature under `secret` (else 403, counted); a GET
@@ -18,13 +19,13 @@ thread of the test process. Its rules:
 from __future__ import annotations
 
 import collections
+import http.cookies
 import http.server
 import json
 import socket
 import threading
 
 from rtbus.auth.client import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
-from rtbus.session import sid_from_cookie_header
 
 SECRET = "proxy-test-secret"
 
@@ -70,9 +71,10 @@ class AuthApp:
         with self._lock:
             return sum(self.calls.values())
 
-    def answer(self, body: dict, cookie_sid: str | None) -> tuple[int, dict]:
-        sid = (body.get("cookies") or {}).get("session_id")
-        assert sid == cookie_sid, "the Cookie header and the body name the same session"
+    def answer(self, body: dict, header_cookies: dict) -> tuple[int, dict]:
+        cookies = body.get("cookies") or {}
+        assert cookies == header_cookies, "the Cookie header and the body carry the same cookies"
+        sid = cookies.get("session_id")
         with self._lock:
             self.calls[sid] += 1
             self.requests.append(body)
@@ -92,6 +94,8 @@ class AuthApp:
         channels = [c for c in body["channels"] if not c.startswith("secret.")] + ["broadcast"]
         if partner_id is not None:
             channels.append(["res.partner", partner_id])
+        if cookies.get("dgid"):
+            channels.append(f"guest.{cookies['dgid']}")
         return 200, {"valid": True, "uid": uid, "partner_id": partner_id, "channels": channels}
 
     def _handler(self):
@@ -128,8 +132,8 @@ class AuthApp:
                     return self._send(403, {"error": "bad signature"})
                 body = json.loads(data)
                 if self.path == "/rtbus/subscribe":
-                    status, answer = app.answer(
-                        body, sid_from_cookie_header(self.headers.get("Cookie", "")))
+                    jar = http.cookies.SimpleCookie(self.headers.get("Cookie", ""))
+                    status, answer = app.answer(body, {name: m.value for name, m in jar.items()})
                     return self._send(status, answer)
                 if self.path == "/rtbus/events":
                     with app._lock:

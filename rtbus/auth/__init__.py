@@ -10,15 +10,16 @@ subscribe proxies do, so that rules spread over the application's modules (Odoo'
 ``POST <url>/subscribe`` at each websocket subscribe, long-poll and peek, and to
 re-check an open connection's session every ``auth_proxy_cache_seconds``:
 
-    request  {"db": "mydb", "cookies": {"session_id": "<sid>"}, "channels": ["a", ...]}
-             (also the header ``Cookie: session_id=<sid>``; no cookie: a visitor)
+    request  {"db": "mydb", "cookies": {"session_id": "<sid>", "dgid": ...}, "channels": [...]}
+             (the same cookies in the Cookie header; no cookie: a visitor)
     answer   {"valid": true, "uid": 2 | null, "partner_id": 3 | null,
               "channels": ["broadcast", ["res.partner", 3], ["res.partner", 7, "presence"]]}
              or {"valid": false} when the session ended (close 4001, JSON-RPC error 100)
 
 Channels are answered unanchored, as the application names them; rtbus anchors them
-to the database (rtbus.bus.channels). Only the session cookie is forwarded: answers are
-cached per session, so they must not depend on anything else the browser sends.
+to the database (rtbus.bus.channels). Only session_id and the cookies named by
+``auth_proxy_cookies`` are forwarded, and answers are cached per session_id, those
+cookies' values and the channel list: they must not depend on anything else.
 
 ``POST <url>/events`` receives presence updates and closes in batches (rtbus.auth.events).
 
@@ -54,7 +55,7 @@ class AuthBridge:
 
         proxy = AuthProxy.from_config(config)
         forwarder = EventForwarder(ProxyClient.from_config(config), config.auth_proxy_event_queue)
-        return cls(proxy=proxy, sessions=ProxySessions(proxy),
+        return cls(proxy=proxy, sessions=ProxySessions(proxy, config.auth_proxy_cookies),
                    rules=ProxyRules(proxy, config.max_channels_per_subscription),
                    presence=ForwardingPresence(forwarder), forwarder=forwarder)
 

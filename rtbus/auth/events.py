@@ -10,6 +10,9 @@ so `ForwardingPresence` takes the place of rtbus.bus.presence.PresenceService: e
                  "inactivity_period": <ms>},
                 {"type": "closed", "db": ..., "sid": ..., "uid": ...}, ...]}
 
+Each event also carries ``"cookies"``: the forwarded cookies of its session
+(``auth_proxy_cookies``, such as a guest's token), so that a guest's close reaches it.
+
 A full queue drops the new event (counted: presence is refreshed by the client's next
 update anyway); a failed batch is dropped too (counted, logged), never retried into a
 growing backlog. Nothing here blocks the caller.
@@ -112,9 +115,10 @@ class ForwardingPresence:
         return None
 
     def set_offline(self, session: Session) -> bool:
-        """`/websocket/on_closed`: forwarded for any session with a cookie (the
-        application knows its guests and users; rtbus may not have met it yet)."""
-        if session.sid is None:
+        """`/websocket/on_closed`: forwarded for any session with a cookie, session_id or a
+        forwarded one such as a guest's (the application knows its guests and users;
+        rtbus may not have met them yet)."""
+        if session.sid is None and not session.forwarded_cookies:
             return False
         return self.forwarder.put({**_who(session), "type": "closed"})
 
@@ -126,4 +130,5 @@ class ForwardingPresence:
 
 
 def _who(session: Session) -> dict:
-    return {"db": session.dbname, "sid": session.sid, "uid": session.uid}
+    return {"db": session.dbname, "sid": session.sid, "uid": session.uid,
+            "cookies": dict(session.forwarded_cookies)}

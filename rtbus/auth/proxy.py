@@ -62,12 +62,13 @@ class AuthProxy:
 
     # -- asking ------------------------------------------------------------------------
 
-    def grant(self, dbname: str, sid: str | None, channels: tuple[str, ...]) -> Grant:
-        """The application's answer for `sid` (None: a visitor without a cookie) asking
-        for `channels` in `dbname`: from the cache, or one call shared by every caller
-        asking the same meanwhile. Raises AuthProxyUnavailable."""
-        key = (dbname, sid, channels)
-        return self.grants.get(key, lambda: self._call(dbname, sid, channels),
+    def grant(self, dbname: str, sid: str | None, channels: tuple[str, ...],
+              forwarded: tuple[tuple[str, str], ...] = ()) -> Grant:
+        """The application's answer for `sid` (None: a visitor without a cookie) with the
+        `forwarded` cookies, asking for `channels` in `dbname`: from the cache, or one
+        call shared by every caller asking the same meanwhile. Raises AuthProxyUnavailable."""
+        key = (dbname, sid, forwarded, channels)
+        return self.grants.get(key, lambda: self._call(dbname, sid, channels, forwarded),
                                wait=self.client.timeout + 1.0)
 
     def identity(self, dbname: str, sid: str) -> tuple[Grant, bool] | None:
@@ -103,15 +104,17 @@ class AuthProxy:
             with self._lock:
                 self._refreshing.discard((dbname, sid))
 
-    def _call(self, dbname: str, sid: str | None, channels: tuple[str, ...]) -> Grant:
+    def _call(self, dbname: str, sid: str | None, channels: tuple[str, ...],
+              forwarded: tuple[tuple[str, str], ...] = ()) -> Grant:
         # An end arriving during the call must win over its answer: the identity is
         # dated from the call's start.
         started = self._clock()
         self.counters["calls"] += 1
         try:
+            cookies = ({"session_id": sid} if sid else {}) | dict(forwarded)
             answer = self.client.post(SUBSCRIBE_PATH, {
-                "db": dbname, "cookies": {"session_id": sid} if sid else {},
-                "channels": list(channels)}, cookie=f"session_id={sid}" if sid else None)
+                "db": dbname, "cookies": cookies, "channels": list(channels)},
+                cookie="; ".join(f"{name}={value}" for name, value in cookies.items()) or None)
             grant = parse_answer(dbname, answer)
         except AuthProxyUnavailable:
             self.counters["errors"] += 1
@@ -172,8 +175,9 @@ class AuthProxy:
                 "hits": grants["hits"], "misses": grants["misses"], "joined": grants["joined"],
                 "evictions": grants["evictions"], "cached": len(self.grants)}
 
-    def session_for(self, dbname: str, sid: str | None, grant: Grant) -> Session:
+    def session_for(self, dbname: str, sid: str | None, grant: Grant,
+                    forwarded: tuple[tuple[str, str], ...] = ()) -> Session:
         """The Session that `grant` describes (a visitor when it names no user)."""
         return Session(sid=sid, dbname=dbname, uid=grant.uid,
                        partner_id=grant.partner_id if grant.uid is not None else None,
-                       group_ids=(), is_websocket_session=True)
+                       group_ids=(), is_websocket_session=True, forwarded_cookies=forwarded)

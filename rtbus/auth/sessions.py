@@ -18,6 +18,7 @@ transports do not change. Both read one AuthProxy.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rtbus.auth.proxy import AuthProxy
@@ -27,30 +28,48 @@ from rtbus.errors import SessionExpired
 from rtbus.session import Session, well_formed_sid
 
 
+MAX_FORWARDED_VALUE = 512      # characters of one forwarded cookie; longer ones are not sent
+
+
 class ProxySessions:
     """SessionStore's interface (authenticate, check, check_poll, public, invalidate,
-    on_session_notify, stats) answered from `proxy`."""
+    on_session_notify, stats) answered from `proxy`. `cookie_names`: the cookies besides
+    session_id that the application hears (auth_proxy_cookies)."""
 
-    def __init__(self, proxy: AuthProxy):
+    def __init__(self, proxy: AuthProxy, cookie_names: Iterable[str] = ()):
         self.proxy = proxy
+        self.cookie_names = tuple(name for name in cookie_names if name != "session_id")
 
-    def public(self, dbname: str) -> Session:
-        return Session(sid=None, dbname=dbname, uid=None, partner_id=None, group_ids=())
+    def forwarded(self, cookies: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+        """The (name, value) pairs of `cookies` that are forwarded, sorted."""
+        if not cookies or not self.cookie_names:
+            return ()
+        return tuple(sorted((name, value) for name in self.cookie_names
+                            if (value := cookies.get(name)) and len(value) <= MAX_FORWARDED_VALUE
+                            and value.isprintable() and ";" not in value))
 
-    def authenticate(self, dbname: str, sid: str | None, *, client: str | None = None) -> Session:
-        """The session a new connection or request runs as (see the module docstring).
-        Raises SessionExpired for a sid known to have ended. Never calls the application."""
+    def public(self, dbname: str, forwarded: tuple[tuple[str, str], ...] = ()) -> Session:
+        return Session(sid=None, dbname=dbname, uid=None, partner_id=None, group_ids=(),
+                       forwarded_cookies=forwarded)
+
+    def authenticate(self, dbname: str, sid: str | None, *, client: str | None = None,
+                     cookies: Mapping[str, str] | None = None) -> Session:
+        """The session a new connection or request runs as (see the module docstring),
+        carrying the forwarded ones of its `cookies`. Raises SessionExpired for a sid known
+        to have ended. Never calls the application."""
+        forwarded = self.forwarded(cookies)
         if not sid:
-            return self.public(dbname)
+            return self.public(dbname, forwarded)
         if not well_formed_sid(sid):
             raise SessionExpired("session expired")
         known = self.proxy.identity(dbname, sid)
         if known is None:
-            return Session(sid=sid, dbname=dbname, uid=None, partner_id=None, group_ids=())
+            return Session(sid=sid, dbname=dbname, uid=None, partner_id=None, group_ids=(),
+                           forwarded_cookies=forwarded)
         grant, _fresh = known
         if not grant.valid:
             raise SessionExpired("session expired")
-        return self.proxy.session_for(dbname, sid, grant)
+        return self.proxy.session_for(dbname, sid, grant, forwarded)
 
     def check(self, session: Session) -> Session:
         """Re-check an open connection's session from what the application said last;
@@ -78,13 +97,13 @@ class ProxySessions:
             self.proxy.refresh_soon(session.dbname, session.sid)
         if grant.uid == session.uid and grant.partner_id == session.partner_id:
             return session
-        return self.proxy.session_for(session.dbname, session.sid, grant)
+        return self.proxy.session_for(session.dbname, session.sid, grant, session.forwarded_cookies)
 
     def check_poll(self, dbname: str, sid: str | None, is_first_poll: bool, *,
-                   client: str | None = None) -> Session:
+                   client: str | None = None, cookies: Mapping[str, str] | None = None) -> Session:
         """The session of a peek; whether a later poll is allowed is the application's
         rule, applied when the channels are asked for."""
-        return self.authenticate(dbname, sid, client=client)
+        return self.authenticate(dbname, sid, client=client, cookies=cookies)
 
     def invalidate(self, dbname: str | None = None, sid: str | None = None) -> None:
         if dbname is None:
@@ -114,12 +133,13 @@ class ProxyRules:
         wrong shape or size, SessionExpired when the application refuses the session,
         AuthProxyUnavailable when it cannot answer)."""
         names = tuple(sorted(set(check_channel_list(requested, self.max_channels))))
-        grant = self.proxy.grant(session.dbname, session.sid, names)
+        forwarded = session.forwarded_cookies
+        grant = self.proxy.grant(session.dbname, session.sid, names, forwarded)
         if not grant.valid:
             raise SessionExpired("session expired")
         return Subscription(session.dbname, grant.channels, _presence_partners(grant.channels),
                             dropped=(), session=self.proxy.session_for(session.dbname, session.sid,
-                                                                       grant))
+                                                                       grant, forwarded))
 
     def describe(self) -> str:
         client = self.proxy.client

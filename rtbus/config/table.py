@@ -347,6 +347,10 @@ SETTINGS: tuple[Setting, ...] = (
                 cli=False, help=(
             "Shared secret with which rtbus signs each proxy request (HMAC-SHA256 of the "
             "timestamp and the body, header X-Rtbus-Signature); required with auth_proxy_url.")),
+        Setting("auth_proxy_cookies", "list", ("dgid",), cli=False, metavar="NAME,...", help=(
+            "Cookies besides session_id forwarded to the application with each question, "
+            "such as Odoo's guest token (dgid, of mail.guest: livechat visitors); answers are "
+            "cached per session and these cookies' values. Empty forwards session_id only.")),
         Setting("auth_proxy_timeout", "float", 3.0, check=Range(0.1, 60), cli=False, help=(
             "Seconds rtbus waits for the application's answer (connect and read) before the "
             "subscription fails cleanly (close 1013, JSON-RPC error).")),

@@ -77,7 +77,8 @@ def peek_notifications(app, request: Request, *, channels, last=0, is_first_poll
     last = _id_param(last, "last")
     dbname = _dbname(app, request)
     session = app.sessions.check_poll(dbname, sid_from_cookie_header(request.environ),
-                                      is_first_poll, client=request.remote_addr)
+                                      is_first_poll, client=request.remote_addr,
+                                      cookies=request.cookies)
     try:
         subscription = authorize(session, channels, app.policy)
     except ClientError as exc:
@@ -113,7 +114,8 @@ def on_closed(app, request: Request):
     dbname = _dbname(app, request)
     try:
         session = app.sessions.authenticate(dbname, sid_from_cookie_header(request.environ),
-                                             client=request.remote_addr)
+                                             client=request.remote_addr,
+                                             cookies=request.cookies)
     except SessionExpired:
         return None      # signed out already: nobody to mark offline
     app.presence.set_offline(session)     # a visitor's is ignored (or forwarded: rtbus.auth)

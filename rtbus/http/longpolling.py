@@ -60,7 +60,8 @@ def _poll(app, request: Request, *, channels, last=0, options=None):
     last = _check_last(last)
     options = _check_options(options)
     session = app.sessions.authenticate(dbname, sid_from_cookie_header(request.environ),
-                                         client=request.remote_addr)
+                                         client=request.remote_addr,
+                                         cookies=request.cookies)
     try:
         subscription = authorize(session, channels, app.policy)
     except ClientError as exc:

@@ -44,7 +44,8 @@ def websocket(app, request: Request) -> Response:
     expired = False
     try:
         session = app.sessions.authenticate(dbname, sid_from_cookie_header(request.environ),
-                                             client=request.remote_addr)
+                                             client=request.remote_addr,
+                                             cookies=request.cookies)
     except SessionExpired:
         # Accepted, then closed with 4001: the client waits for a new session.
         session, expired = app.sessions.public(dbname), True

@@ -121,7 +121,9 @@ class Hub:
 
     def forget(self, connection) -> None:
         if self.connections.pop(connection.id, None) is not None:
-            if self.presence is not None and not connection.session.is_public:
+            # Every session: the presence service ignores visitors itself, a forwarding
+            # one (rtbus.auth) tells the application of a guest's close too.
+            if self.presence is not None:
                 try:
                     self.presence.connection_closed(connection.session)
                 except Exception as exc:     # the connection is gone either way

@@ -68,6 +68,24 @@ def test_a_session_the_application_refuses_is_closed_4001(server, app):
     assert busclient.close_code(ws) == 4001
 
 
+def test_a_guest_cookie_is_forwarded_and_keys_the_cache(server, app, publish):
+    """auth_proxy_cookies (default dgid, Odoo's guest token) reach the application, and
+    two guests of the same (absent) session get their own answers."""
+    ws = busclient.connect(server.longpolling_port, cookie="dgid=guest-one; other=not-sent")
+    busclient.subscribe(ws, ["lobby"])
+    other = busclient.connect(server.longpolling_port, cookie="dgid=guest-two")
+    busclient.subscribe(other, ["lobby"])
+    for_two = publish.one("guest.guest-two")
+    for_one = publish.one("guest.guest-one")
+    assert busclient.received_before(ws, for_one) == {for_one}
+    assert busclient.received_before(other, for_two) == {for_two}
+    assert {"dgid": "guest-one"} in [r["cookies"] for r in app.requests]
+    ws.close()
+    wait_until(lambda: any(e["type"] == "closed" and e["cookies"] == {"dgid": "guest-one"}
+                           for e in app.events), 10, message="the guest's close forwarded")
+    other.close()
+
+
 def test_long_poll_and_peek_ask_the_application(server, app, publish):
     refused = publish.one("secret.lp")
     granted = publish.one("shop.lp")

@@ -136,19 +136,25 @@ class RtbusBridge(http.Controller):
         return store.get(sid)
 
     def _apply(self, event):
-        """Hand one forwarded event to ir.websocket as its session's user."""
-        if event.get("db") != request.db or not isinstance(event.get("sid"), str):
+        """Hand one forwarded event to ir.websocket as its session's user (a guest's
+        close, known by its forwarded cookie, as the public user)."""
+        if event.get("db") != request.db:
             return False
-        stored = self._stored_session(event["sid"])
-        uid = stored.get("uid") if stored is not None else None
-        if not uid or not security.check_session(stored, request.env(user=uid)):
-            return False       # ended meanwhile: nothing to update for it
-        websocket = request.env["ir.websocket"].with_user(uid)
-        if event.get("type") == "update_presence":
+        cookies = event.get("cookies") if isinstance(event.get("cookies"), dict) else {}
+        uid = None
+        if isinstance(event.get("sid"), str):
+            stored = self._stored_session(event["sid"])
+            uid = stored.get("uid") if stored is not None else None
+            if uid and not security.check_session(stored, request.env(user=uid)):
+                return False       # ended meanwhile: nothing to update for it
+        websocket = request.env["ir.websocket"]
+        if uid:
+            websocket = websocket.with_user(uid)
+        if event.get("type") == "update_presence" and uid:
             websocket._serve_ir_websocket(
                 "update_presence", {"inactivity_period": event.get("inactivity_period", 0)})
             return True
-        if event.get("type") == "closed":
-            websocket._on_websocket_closed({})
+        if event.get("type") == "closed" and (uid or cookies):
+            websocket._on_websocket_closed(cookies)
             return True
         return False
