@@ -354,9 +354,10 @@ SETTINGS: tuple[Setting, ...] = (
         Setting("auth_proxy_timeout", "float", 3.0, check=Range(0.1, 60), cli=False, help=(
             "Seconds rtbus waits for the application's answer (connect and read) before the "
             "subscription fails cleanly (close 1013, JSON-RPC error).")),
-        Setting("auth_proxy_cache_seconds", "float", 30.0, check=Range(0, 3600), cli=False, help=(
+        Setting("auth_proxy_cache_seconds", "float", 30.0, check=Range(1, 3600), cli=False, help=(
             "Seconds an answer of the application is reused for the same session and channel "
-            "list; also how often an open socket's session is re-checked with the application.")),
+            "list; also how often an open socket's session is re-checked with the application "
+            "(at least 1: open sockets are re-checked from the remembered answer).")),
         Setting("auth_proxy_cache_size", "int", 10_000, check=Range(1), cli=False, help=(
             "Bound on the answers kept (least recently used dropped first).")),
         Setting("auth_proxy_connections", "int", 8, check=Range(1, 256), cli=False, help=(
