@@ -97,6 +97,11 @@ class AuthProxy:
     def _refresh(self, dbname: str, sid: str) -> None:
         try:
             self.grant(dbname, sid, IDENTITY_ONLY)
+            # Answered from the cache (the identity fell out of its own bounded cache):
+            # remember it as the identity again, dated from its own call.
+            known = self.grants.peek((dbname, sid, (), IDENTITY_ONLY))
+            if known is not None and self.identities.peek((dbname, sid)) is None:
+                self.identities.put((dbname, sid), known[0], asked_at=known[2])
         except AuthProxyUnavailable as exc:
             logger.warning("could not re-check session %s… of %s with the application: %s; "
                            "its open connections keep their channels", sid[:6], dbname, exc)

@@ -174,3 +174,16 @@ def test_an_end_refuses_sessions_answered_before_it_only():
     clock.now += 61          # the end is forgotten after max(ttl, 60) s
     assert proxy.identity("db", old)[0].valid
     assert proxy.stats()["ended"] == 1 and proxy.stats()["calls"] == 2
+
+
+def test_a_refresh_answered_from_the_cache_restores_the_identity():
+    from rtbus.auth.proxy import AuthProxy
+
+    client = StubClient()
+    proxy = AuthProxy(client, ttl=30, max_entries=100, clock=Clock())
+    sid = "b" * 16 + "-session"
+    proxy.grant("db", sid, ())
+    proxy.identities.forget(lambda key: True)       # as an eviction would
+    proxy._refresh("db", sid)
+    assert proxy.identity("db", sid)[0].uid == 5
+    assert proxy.stats()["calls"] == 1
