@@ -106,9 +106,10 @@ class ForwardingPresence:
         self.forwarder = forwarder
 
     def update_presence(self, session: Session, inactivity_period) -> None:
-        """Forward `update_presence` of a signed-in session; InvalidPresence for a bad period."""
+        """Forward `update_presence` of a signed-in session, or of a visitor with forwarded
+        cookies (a guest's token); InvalidPresence for a bad period."""
         inactivity = check_inactivity(inactivity_period)
-        if session.is_public or session.sid is None:
+        if (session.is_public or session.sid is None) and not session.forwarded_cookies:
             return None
         self.forwarder.put({**_who(session), "type": "update_presence",
                             "inactivity_period": inactivity})

@@ -80,7 +80,12 @@ def test_a_guest_cookie_is_forwarded_and_keys_the_cache(server, app, publish):
     assert busclient.received_before(ws, for_one) == {for_one}
     assert busclient.received_before(other, for_two) == {for_two}
     assert {"dgid": "guest-one"} in [r["cookies"] for r in app.requests]
+    busclient.send_event(ws, "update_presence", {"inactivity_period": 50})
+    busclient.barrier(ws)
     ws.close()
+    wait_until(lambda: any(e["type"] == "update_presence" and e["cookies"] == {"dgid": "guest-one"}
+                           and e["inactivity_period"] == 50 for e in app.events),
+               10, message="the guest's presence update forwarded")
     wait_until(lambda: any(e["type"] == "closed" and e["cookies"] == {"dgid": "guest-one"}
                            for e in app.events), 10, message="the guest's close forwarded")
     other.close()

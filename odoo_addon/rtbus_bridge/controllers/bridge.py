@@ -135,6 +135,13 @@ class RtbusBridge(http.Controller):
             return None
         return store.get(sid)
 
+    def _guest(self, cookies):
+        """The mail.guest whose token the forwarded cookies carry (mail installed), or None."""
+        if "mail.guest" not in request.env:
+            return None
+        guests = request.env["mail.guest"]
+        return guests._get_guest_from_token(cookies.get(guests._cookie_name, "")) or None
+
     def _apply(self, event):
         """Hand one forwarded event to ir.websocket as its session's user (a guest's
         close, known by its forwarded cookie, as the public user)."""
@@ -150,7 +157,13 @@ class RtbusBridge(http.Controller):
         websocket = request.env["ir.websocket"]
         if uid:
             websocket = websocket.with_user(uid)
-        if event.get("type") == "update_presence" and uid:
+        if event.get("type") == "update_presence":
+            if not uid:
+                guest = self._guest(cookies)
+                if not guest:
+                    return False
+                # mail reads the guest from the context (this request has no guest cookie)
+                websocket = websocket.with_context(guest=guest)
             websocket._serve_ir_websocket(
                 "update_presence", {"inactivity_period": event.get("inactivity_period", 0)})
             return True
