@@ -218,3 +218,26 @@ def test_discuss_message_presence_and_logout_through_rtbus(odoo, rtbus):
     again = busclient.connect(rtbus.longpolling_port, sid=admin_sid)
     busclient.subscribe(again, [], wait=False)
     assert busclient.close_code(again, timeout=10) == 4001
+
+
+def test_a_guest_known_by_its_cookie_hears_its_discuss_group(odoo, rtbus):
+    """A visitor without a session but with Odoo's guest cookie (dgid, forwarded by
+    auth_proxy_cookies): Odoo lists the guest's channels, and a message reaches it."""
+    admin_sid, admin = odoo.login("admin", "admin")
+    guest_id = odoo.call(admin_sid, "mail.guest", "create", {"name": "Visitor"})
+    token = odoo.call(admin_sid, "mail.guest", "read", [guest_id], ["access_token"])[0]["access_token"]
+    group_id = odoo.call(admin_sid, "discuss.channel", "create", {
+        "name": "with a guest", "channel_type": "group",
+        "channel_member_ids": [[0, 0, {"partner_id": admin["partner_id"]}],
+                               [0, 0, {"guest_id": guest_id}]]})
+    ws = busclient.connect(rtbus.longpolling_port, cookie=f"dgid={guest_id}|{token}")
+    busclient.subscribe(ws, [])
+    odoo.call(admin_sid, "discuss.channel", "message_post", group_id,
+              body="hello, guest", message_type="comment", subtype_xmlid="mail.mt_comment")
+
+    def the_message_arrived():
+        return any("hello, guest" in json.dumps(notification)
+                   for notification in busclient.receive(ws, 1, timeout=0.5))
+
+    wait_until(the_message_arrived, 15, message="the admin's message delivered to the guest")
+    ws.close()
