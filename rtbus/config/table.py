@@ -55,8 +55,32 @@ SETTINGS: tuple[Setting, ...] = (
             "replaces the process.")),
         Setting("gevent_max_connections", "int", 10000, check=Range(1),
                 flags=("--gevent-max-connections",), help=(
-            "Maximum number of connections (websockets and long-polls) the gevent process "
-            "serves at once; further clients wait in the listen backlog.")),
+            "Maximum number of connections (websockets, long-polls, requests) the gevent process "
+            "holds at once; one more is answered 503 (a websocket handshake: 101 then close "
+            "1013), and past 256 such refusals in flight clients wait in the listen backlog.")),
+        Setting("gevent_max_connections_per_client", "int", 1024, check=COUNT,
+                flags=("--gevent-max-connections-per-client",), help=(
+            "Maximum number of connections one client address (an IPv6 client by /64) may hold "
+            "on the gevent process; one more is answered like one over gevent_max_connections. "
+            "With proxy_mode, the address is the X-Forwarded-For of the connection's first "
+            "request. 0 means no limit.")),
+        Setting("limit_time_header", "float", 10.0, check=Range(0.1), flags=("--limit-time-header",),
+                help=(
+            "Seconds a client of the evented port has to send a request head (counted from the "
+            "connection, or from the first byte after a keep-alive pause), a websocket "
+            "handshake's included. Slower clients get 408 and are disconnected.")),
+        Setting("limit_time_body", "float", 30.0, check=Range(0.1), flags=("--limit-time-body",),
+                help=(
+            "Seconds a client of the evented port has to send a request body once its head is "
+            "read; a slower one gets 408 and is disconnected.")),
+        Setting("http_keepalive_timeout", "float", 20.0, check=Range(0.1),
+                flags=("--http-keepalive-timeout",), help=(
+            "Seconds the evented port keeps an idle keep-alive connection open between two "
+            "requests.")),
+        Setting("http_max_head_size", "bytes", 64 * 1024, check=Range(1024),
+                flags=("--http-max-head-size",), help=(
+            "Largest request head (request line and headers) the evented port reads; a larger one "
+            "is answered 431 and disconnected.")),
         Setting("http_socket_timeout", "float", 2.0, check=TIMEOUT, cli=False, help=(
             "Seconds a prefork HTTP worker waits on a client socket, for a request or to send "
             "a response, before giving up on it.")),

@@ -28,6 +28,14 @@ def _last(value: str | None) -> str | None:
     return None
 
 
+def forwarded_client(forwarded_host: str | None, forwarded_for: str | None) -> str | None:
+    """The client address a proxy forwarded for, by the same rule as `apply_forwarded`
+    (None without X-Forwarded-Host or X-Forwarded-For)."""
+    if _last(forwarded_host) is None:
+        return None
+    return _last(forwarded_for)
+
+
 def apply_forwarded(environ: dict) -> bool:
     """Apply X-Forwarded-For/-Host/-Proto to `environ`; True if X-Forwarded-Host was there."""
     host = _last(environ.get("HTTP_X_FORWARDED_HOST"))

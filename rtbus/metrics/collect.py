@@ -184,7 +184,17 @@ def evented_figures(server) -> dict:
                  pool_figures(server.pool, getattr(server, "cron_pool", None)),
                  hub_figures(server.hub), longpoll_figures(app),
                  dispatcher_figures(server.dispatcher), notifier_figures(*app_notifiers(app)),
-                 session_figures(app))
+                 session_figures(app), edge_figures(server.server))
+
+
+def edge_figures(edge) -> dict:
+    """The evented port's caps and deadlines (rtbus.websocket.pywsgi_edge.EdgeServer)."""
+    if edge is None:
+        return {}
+    stats = edge.stats()
+    return {"rtbus_edge_connections": stats["connections"],
+            "rtbus_edge_refusals_total": {**stats["refused"], "head_too_large": stats["heads_too_large"]},
+            "rtbus_edge_deadlines_passed_total": stats["expired"]}
 
 
 def worker_figures(pool, app=None, requests: int | None = None) -> dict:

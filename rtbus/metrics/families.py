@@ -93,6 +93,16 @@ _FAMILIES = (
            "Websockets dropped because the client did not read fast enough (close 1013)."),
     Family("rtbus_rate_limit_closes_total", "counter",
            "Websockets closed for sending frames faster than the rate limit (close 1013)."),
+    Family("rtbus_edge_connections", "gauge",
+           "Connections the evented port holds (requests, long-polls, websockets)."),
+    Family("rtbus_edge_refusals_total", "counter",
+           "Connections refused at the evented port, by reason: client (over "
+           "gevent_max_connections_per_client), process (over gevent_max_connections), "
+           "head_too_large (431).", "reason"),
+    Family("rtbus_edge_deadlines_passed_total", "counter",
+           "Connections ended at the evented port for passing a deadline, by phase: head "
+           "(limit_time_header, a handshake included), body (limit_time_body), idle "
+           "(http_keepalive_timeout), closing (a refusal the client did not read).", "phase"),
     Family("rtbus_longpolls_open", "gauge", "Long-poll requests waiting for notifications."),
     Family("rtbus_longpolls_total", "counter", "Long-polls answered, by how they ended.", "outcome"),
     Family("rtbus_longpolls_refused_total", "counter",

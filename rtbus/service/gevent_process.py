@@ -22,12 +22,9 @@ import os
 import signal
 import socket
 import sys
-import time
 
 import gevent
 import gevent.event
-import gevent.pool
-from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from rtbus.config import Config
 from rtbus.errors import ConfigError, StartupError
@@ -36,105 +33,9 @@ from rtbus.service import process
 from rtbus.service.heartbeat import HeartbeatWriter
 
 _logger = logging.getLogger(__name__)
-_access_logger = logging.getLogger("rtbus.http.access")
 
 HEARTBEAT_INTERVAL = 1.0   # the master's watchdog counts from the last one
 WATCHDOG_INTERVAL = 2.0    # memory and parent checks
-
-
-class _Handler(WSGIHandler):
-    """pywsgi's handler, able to hand an upgraded connection over to the websocket hub.
-
-    The ``/websocket`` route answers 101 and leaves ``rtbus.upgrade`` in the
-    environ; once the 101 is written, the socket belongs to the websocket
-    layer for the rest of its life, in this same greenlet.
-
-    The websocket is served only once pywsgi is done with the request, and after
-    the handler has let go of it: its buffered reader (8 KB), the WSGI environ and
-    the werkzeug request would otherwise stay alive as long as the websocket, about
-    a third of an idle websocket's memory.
-    """
-
-    _upgrade = None     # (serve, socket, bytes already read) once a 101 was written
-
-    def handle(self):
-        # Headers and body, and back-to-back websocket frames, leave in separate
-        # sends: without TCP_NODELAY each small one can wait ~40 ms for the
-        # client's delayed ACK (Nagle's algorithm).
-        try:
-            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        super().handle()
-        if self._upgrade is not None:
-            self._serve_upgraded()
-
-    def _serve_upgraded(self) -> None:
-        serve, sock, initial = self._upgrade
-        access = self._access_fields()
-        started = self.time_start
-        # Everything pywsgi kept for the request (environ, headers, the request,
-        # the response) goes now; the websocket needs none of it.
-        self.__dict__.clear()
-        try:
-            serve(sock, initial)
-        except Exception:
-            _logger.exception("websocket from %s failed", access[0])
-        finally:
-            sock.close()
-            _access_logger.info('%s "%s" %s %s %s', *access, f"{time.time() - started:.3f}s")
-
-    def get_environ(self):
-        environ = super().get_environ()
-        # The long-poll route watches it to notice a client that leaves while it waits.
-        environ["rtbus.socket"] = self.socket
-        return environ
-
-    def log_request(self):
-        # One line per request, like the HTTP workers' (a websocket's when it ends), with the
-        # client the application saw: with proxy_mode, the one the proxy forwarded for.
-        if self._upgrade is not None:
-            return      # logged by _serve_upgraded when the websocket ends
-        duration = (f"{self.time_finish - self.time_start:.3f}s"
-                    if self.time_finish and self.time_start else "-")
-        _access_logger.info('%s "%s" %s %s %s', *self._access_fields(), duration)
-
-    def _access_fields(self) -> tuple:
-        """Client, request line, status and length of the access log line."""
-        environ = self.environ or {}
-        client = environ.get("REMOTE_ADDR") or (
-            self.client_address[0] if isinstance(self.client_address, tuple) else self.client_address)
-        status = (self._orig_status or self.status or "000").split()[0]
-        return client or "-", self.requestline or "", status, self.response_length or "-"
-
-    def finalize_headers(self):
-        if self.code == 101:
-            # No body and no length: the stream now carries websocket frames.
-            self.connection_upgraded = True
-            return
-        super().finalize_headers()
-
-    def run_application(self):
-        super().run_application()
-        upgrade = self.environ.pop("rtbus.upgrade", None)
-        if upgrade is None or self.code != 101:
-            return
-        self.close_connection = True
-        # handle() serves it once pywsgi is done; without its socket, pywsgi's
-        # clean-up leaves the connection open.
-        self._upgrade = (upgrade, self.socket, self._buffered_input())
-        self.socket = None
-
-    def _buffered_input(self) -> bytes:
-        """Bytes the client sent after its request that pywsgi already buffered."""
-        rfile = self.rfile
-        self.socket.setblocking(False)
-        try:
-            return rfile.read1(65536) or b""
-        except (BlockingIOError, OSError, ValueError):
-            return b""
-        finally:
-            self.socket.setblocking(True)
 
 
 class EventedServer:
@@ -159,7 +60,7 @@ class EventedServer:
         self.hub = None
         self.pool = None
         self.cron_pool = None
-        self.server: WSGIServer | None = None
+        self.server = None      # the EdgeServer on the listening socket
 
     # -- lifecycle -------------------------------------------------------
     def run(self) -> int:
@@ -202,6 +103,8 @@ class EventedServer:
         from rtbus.db.budget import pool_size
         from rtbus.db.connect import process_pool
         from rtbus.http.app import Application
+        from rtbus.websocket.edge import EdgeLimits
+        from rtbus.websocket.pywsgi_edge import EdgeServer
 
         config = self.config
         set_default_notifier(Notifier.from_config(config))
@@ -218,10 +121,8 @@ class EventedServer:
         self.stop_hooks.append(self.app.longpolls.close_all)
         self.stop_hooks.append(self.hub.close_all)
         self.app.snapshots = self._snapshot_writer()
-        self.server = WSGIServer(
-            self.listener, self.app,
-            handler_class=_Handler,
-            spawn=gevent.pool.Pool(config.gevent_max_connections),
+        self.server = EdgeServer(
+            self.listener, self.app, limits=EdgeLimits.from_config(config),
             log=logging.getLogger("rtbus.http.access"),
             error_log=logging.getLogger("rtbus.http.error"),
         )
