@@ -45,6 +45,7 @@ class Outcome(str, enum.Enum):
     TIMEOUT = "timeout"
     LEFT = "left"          # the client disconnected while waiting
     STOPPED = "stopped"    # the server is stopping
+    SESSION_CHANGED = "session_changed"   # its session changed: the client polls again
 
 
 class Poll:
@@ -65,6 +66,11 @@ class Poll:
     def stop(self) -> None:
         """The server is stopping: end the wait now with an empty answer."""
         self._end(Outcome.STOPPED)
+
+    def session_changed(self) -> None:
+        """Its session changed (groups, user, a revocation): end the wait now with an
+        empty answer, so that the client's next poll is authorized anew. Must not block."""
+        self._end(Outcome.SESSION_CHANGED)
 
     def _end(self, outcome: Outcome) -> None:
         if self.outcome is None:

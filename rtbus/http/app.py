@@ -18,6 +18,7 @@ from rtbus.db.connect import served_databases
 from rtbus.http import health, metrics_route, proxy, publish, session_routes, websocket_route
 from rtbus.http import bus_routes, cors, demo, index_page, longpolling, origin, static_files
 from rtbus.http.responses import error_response
+from rtbus.session_followers import SessionFollowers
 
 _logger = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ class Application:
         self.databases = served_databases(config)
         self.origins = origin.OriginPolicy.from_config(config, role)
         self.hub = None   # the websocket hub, set by the evented processes
+        # The websockets and held long-polls of each session, told when it changes
+        # (the evented processes' NOTIFY rtbus_session callback calls it).
+        self.session_followers = SessionFollowers()
         self.snapshots = None   # this process's metrics SnapshotWriter, set by the process
         self._publisher = None
         self._sessions = None

@@ -81,8 +81,8 @@ def _poll(app, request: Request, *, channels, last=0, options=None):
         # Nothing would wake the poll: let the client retry rather than hang for 50 s.
         raise DatabaseUnavailable("the bus cannot LISTEN to PostgreSQL right now; retry later")
     result = app.longpolls.wait(subscription.dbname, subscription.channels, last,
-                                watch=_departure_watch(request.environ))
-    if result.outcome is Outcome.DELIVERED:
+                                watch=_watch(request.environ, app.session_followers, session))
+    if result.outcome in (Outcome.DELIVERED, Outcome.SESSION_CHANGED):
         app.sessions.check(session)       # signed out while waiting: error 100, no data
     return RawResult(result.batch)
 
@@ -102,7 +102,24 @@ def _check_options(options) -> dict:
     return options
 
 
-# -- noticing that the client left ---------------------------------------------------------
+# -- noticing that the session changed or the client left ----------------------------------
+
+
+def _watch(environ, followers, session):
+    """A `watch` for LongPolls.wait: the poll ends when its session changes (it is then
+    answered ``[]``, or error 100 when the session is no longer valid) or its client left."""
+    departure = _departure_watch(environ)
+
+    @contextlib.contextmanager
+    def watching(held: Poll):
+        handle = followers.follow(session, held.session_changed)
+        try:
+            with departure(held) if departure is not None else contextlib.nullcontext():
+                yield
+        finally:
+            followers.unfollow(handle)
+
+    return watching
 
 
 def _departure_watch(environ):

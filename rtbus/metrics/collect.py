@@ -93,6 +93,7 @@ def hub_figures(hub) -> dict:
         "rtbus_websockets_open": len(hub.connections),
         "rtbus_websockets_opened_total": counters["opened"],
         "rtbus_websocket_subscriptions_total": counters["subscriptions"],
+        "rtbus_websocket_reauthorizations_total": counters["reauthorizations"],
         "rtbus_websocket_closes_total": {str(code): count for code, count in hub.closes.items()},
         "rtbus_websocket_batches_sent_total": counters["batches_sent"],
         "rtbus_websocket_batches_compressed_total": counters["batches_compressed"],

@@ -75,6 +75,9 @@ _FAMILIES = (
     Family("rtbus_websockets_open", "gauge", "Open websocket connections."),
     Family("rtbus_websockets_opened_total", "counter", "Websocket connections accepted."),
     Family("rtbus_websocket_subscriptions_total", "counter", "Subscribe events served."),
+    Family("rtbus_websocket_reauthorizations_total", "counter",
+           "Subscriptions authorized again because their session's groups, user or partner "
+           "changed."),
     Family("rtbus_websocket_closes_total", "counter", "Websocket closes initiated by rtbus, by close code.",
            "code"),
     Family("rtbus_websocket_batches_sent_total", "counter", "Notification batches sent on websockets."),

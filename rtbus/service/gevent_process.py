@@ -142,10 +142,10 @@ class EventedServer:
         gevent.signal_handler(signal.SIGQUIT, self._stop_now, "SIGQUIT")
 
     def _on_session_notify(self, dbname: str, payload: str) -> None:
-        # The dispatcher's greenlet: the cache first, then the open sockets concerned.
+        # The dispatcher's greenlet: the cache first, then the open sockets and held
+        # long-polls concerned (they only queue their re-checks here).
         self.app.sessions.on_session_notify(dbname, payload)
-        if self.hub is not None:
-            self.hub.recheck_sessions(dbname, payload)
+        self.app.session_followers.changed(dbname, payload)
 
     def _snapshot_writer(self):
         from rtbus.metrics import collect
@@ -161,7 +161,7 @@ class EventedServer:
         return Hub(WebsocketSettings.from_config(self.config), dispatcher=self.dispatcher,
                    sessions=self.app.sessions, policy=self.app.policy,
                    hooks=self.app.subscribe_hooks, pool=self.pool,
-                   presence=self.app.presence)
+                   presence=self.app.presence, followers=self.app.session_followers)
 
     def request_stop(self, why: str) -> None:
         """Begin a graceful stop; a second request makes it fast."""

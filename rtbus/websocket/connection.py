@@ -59,6 +59,11 @@ MAX_LOGGED_BAD_EVENTS = 3    # per connection; later ones are logged at debug le
 _ids = itertools.count(1)
 
 
+def _grants(session) -> tuple:
+    """What a session's channels depend on."""
+    return session.uid, session.partner_id, session.group_ids
+
+
 class WebsocketConnection:
     """The server side of one open websocket. `run()` blocks until it is over."""
 
@@ -85,7 +90,8 @@ class WebsocketConnection:
         self._initial = initial
         self._send_lock = gevent.lock.Semaphore()
         self._terminated = False
-        self._subscribed = False
+        self.subscribe_request = None          # the last subscribe served (re-authorized on a change)
+        self.following = None                  # its SessionFollowers handle, set by the hub
         self._bad_events = 0
         self._writer = None                    # the writer greenlet, while there is one
         self._mail = None                      # its wake-up (a gevent Event), made with it
@@ -221,6 +227,21 @@ class WebsocketConnection:
             self.hub.handle_event(self, event)
         except ClientError as exc:   # a malformed event, refused channels or presence
             self._bad_event(exc)
+        except Exception as exc:
+            self._fail(exc)
+
+    def reauthorize(self) -> None:
+        """Re-check the session after a change was announced: closed with its error's
+        code (4001 when revoked, rotated or expired), or subscribed again under its new
+        groups, user and partner when they changed."""
+        if self._terminated or self.protocol.state is not State.OPEN:
+            return
+        previous = self.session
+        try:
+            self.session = self.hub.sessions.check(previous)
+            if self.subscribe_request is not None and _grants(self.session) != _grants(previous):
+                self.hub.resubscribe(self)
+                _logger.info("%s: session changed, channels authorized again", self)
         except Exception as exc:
             self._fail(exc)
 

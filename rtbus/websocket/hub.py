@@ -69,10 +69,14 @@ class Hub:
     """Open websockets of this process and the services they use."""
 
     def __init__(self, settings: WebsocketSettings, *, dispatcher, sessions, policy, hooks, pool,
-                 presence=None):
+                 presence=None, followers=None):
+        from rtbus.session_followers import SessionFollowers
+
         self.settings = settings
         self.dispatcher = dispatcher
         self.sessions = sessions
+        # Told when a session changes (NOTIFY rtbus_session): its connections re-check it.
+        self.followers = followers if followers is not None else SessionFollowers()
         self.policy = policy
         self.hooks = hooks
         self.pool = pool
@@ -89,6 +93,9 @@ class Hub:
                   if settings.compression else None)
         # Batches framed (and compressed) once for all the connections that send them.
         self.outgoing = OutgoingMessages(policy)
+        # Connections whose session changed, re-checked in order by one greenlet.
+        self._to_recheck: dict[int, object] = {}
+        self._rechecker = None
 
     # -- connections -----------------------------------------------------
     def serve(self, sock, session, *, remote: str, initial: bytes = b"", outdated: bool = False,
@@ -104,6 +111,8 @@ class Hub:
         connection = WebsocketConnection(self, sock, session, remote=remote, initial=initial,
                                          deflate=deflate)
         self.connections[connection.id] = connection
+        connection.following = self.followers.follow(
+            session, lambda: self._session_changed(connection))
         self.counters["opened"] += 1
         if deflate is not None:
             self.counters["deflate_negotiated"] += 1
@@ -121,6 +130,7 @@ class Hub:
 
     def forget(self, connection) -> None:
         if self.connections.pop(connection.id, None) is not None:
+            self.followers.unfollow(connection.following)
             # Every session: the presence service ignores visitors itself, a forwarding
             # one (rtbus.auth) tells the application of a guest's close too.
             if self.presence is not None:
@@ -144,33 +154,34 @@ class Hub:
                 gevent.sleep(self.settings.close_interval)
         return len(targets)
 
-    def recheck_sessions(self, dbname: str, sid_prefix: str) -> None:
-        """A session of `dbname` whose sid starts with `sid_prefix` was revoked or ended
-        (NOTIFY rtbus_session): re-check the connections presenting it now, and close
-        with 4001 those whose session stopped being valid, rather than at their next
-        message or dispatch. A whole-database payload ("*") is left to those checks:
-        re-checking every connection at once would be a storm of look-ups."""
-        from rtbus.session import SID_PREFIX_LENGTH
+    # -- sessions that change --------------------------------------------
+    def _session_changed(self, connection) -> None:
+        # A SessionFollowers callback (the dispatcher's greenlet): queue, never block.
+        self._to_recheck[connection.id] = connection
+        if self._rechecker is None:
+            self._rechecker = gevent.spawn(self._recheck)
 
-        if sid_prefix == "*" or len(sid_prefix) < SID_PREFIX_LENGTH:
-            return
-        targets = [connection for connection in self.connections.values()
-                   if connection.dbname == dbname and connection.session.sid is not None
-                   and connection.session.sid.startswith(sid_prefix)]
-        if targets:
-            gevent.spawn(self._recheck, targets)
+    def _recheck(self) -> None:
+        try:
+            while self._to_recheck:
+                _, connection = self._to_recheck.popitem()
+                connection.reauthorize()
+        finally:
+            # No switch between the emptiness check above and this line: a change
+            # queued meanwhile found the greenlet still running and is handled by it.
+            self._rechecker = None
 
-    def _recheck(self, targets: list) -> None:
-        from rtbus.errors import SessionExpired
+    def resubscribe(self, connection) -> None:
+        """Authorize `connection`'s last subscribe again under its current session: the
+        channels it may no longer hear are dropped, the server's new ones added."""
+        from rtbus.bus.authorization import authorize
 
-        for connection in targets:
-            try:
-                connection.session = self.sessions.check(connection.session)
-            except SessionExpired:
-                _logger.info("%s: session ended, closing with 4001", connection)
-                connection.close(CloseCode.SESSION_EXPIRED, "session expired")
-            except Exception as exc:      # the next message or dispatch re-checks it
-                _logger.warning("%s: could not re-check the session: %s", connection, exc)
+        request = connection.subscribe_request
+        subscription = authorize(connection.session, request.channels, self.policy)
+        connection.session = subscription.session_or(connection.session)
+        self.dispatcher.subscribe(connection, connection.dbname, list(subscription.channels),
+                                  request.last, connection.mailbox)
+        self.counters["reauthorizations"] += 1
 
     # -- events ----------------------------------------------------------
     def handle_event(self, connection, event: events.ClientEvent) -> None:
@@ -191,6 +202,7 @@ class Hub:
         connection.session = subscription.session_or(connection.session)
         self.dispatcher.subscribe(connection, connection.dbname, list(subscription.channels),
                                   request.last, connection.mailbox)
+        connection.subscribe_request = request
         self.counters["subscriptions"] += 1
         if self.hooks is not None and len(self.hooks):
             context = SubscribeContext(pool=self.pool, transport="websocket",
