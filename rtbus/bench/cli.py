@@ -17,6 +17,10 @@ FD_RESERVE = 64     # descriptors kept for the publisher, probes, logs
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["abuse"]:
+        from rtbus.bench import abuse   # the abuse drill has its own options
+        return abuse.main(argv[1:])
     options = parse_or_exit(argv)
     # Imported after parsing so that `--help` and usage errors stay instant.
     from rtbus.bench import probe as probes

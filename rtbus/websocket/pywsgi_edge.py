@@ -79,14 +79,16 @@ class _Tracked:
 
 
 class _BodyInput(Input):
-    """pywsgi's request body, which knows whether it was read to its end and stops
-    discarding the rest once its deadline passed."""
+    """pywsgi's request body, which knows whether it was read to its end. Once `abandoned`
+    (its deadline passed), what is left of it is not read and discarded: the connection
+    closes instead. Until then, the rest of a body refused 413 is read and dropped (like
+    nginx's lingering close), so that a client that sends it all still reads the 413."""
 
-    __slots__ = ("expired",)
+    __slots__ = ("abandoned",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.expired = False
+        self.abandoned = False
 
     def complete(self) -> bool:
         if self.chunked_input:
@@ -94,7 +96,7 @@ class _BodyInput(Input):
         return self.position >= (self.content_length or 0)
 
     def _discard(self):
-        if not self.expired:
+        if not self.abandoned:
             super()._discard()
 
 
@@ -175,7 +177,7 @@ class EdgeServer(WSGIServer):
             if tracked.body.complete():
                 self.enter(tracked, Phase.APP)   # read; the application works on
                 return
-            tracked.body.expired = True
+            tracked.body.abandoned = True
         glet = tracked.greenlet
         if glet is None or glet.dead:
             return
