@@ -5,7 +5,7 @@ For ``--duration`` seconds, on the evented port:
 
 - *slowloris*: ``--stalled`` connections that send half a request head and stall, topped
   up as the server ends them;
-- *heads*: requests with a 100 KiB head, one after the other;
+- *heads*: requests with a 100 KiB head (50 headers of 2 KiB), one after the other;
 - *bodies*: endless chunked POSTs to ``/websocket/peek_notifications``;
 - *sids*: peeks with never-issued session ids, ``--sid-rate`` a second;
 - *cross-origin*: websocket handshakes from a foreign Origin with a session cookie;
@@ -193,7 +193,12 @@ class Drill:
 
         from rtbus.bus.publish import Notifier, Publisher
 
-        conn = psycopg2.connect(self.args.dsn)
+        try:
+            conn = psycopg2.connect(self.args.dsn)
+        except psycopg2.Error as exc:
+            print(f"rtbus-bench abuse: cannot publish: {str(exc).strip()}", file=sys.stderr)
+            ready.abort()
+            return
         publisher = Publisher(Notifier())
         ready.wait()
         try:
@@ -256,8 +261,8 @@ class Drill:
     def heads(self) -> None:
         def send(sock):
             sock.sendall(f"GET /websocket/health HTTP/1.1\r\nHost: {self.args.host}\r\n".encode())
-            for index in range(100):
-                sock.sendall(b"X-Pad-%d: %s\r\n" % (index, b"h" * 1000))
+            for index in range(50):           # 100 KiB in 50 headers
+                sock.sendall(b"X-Pad-%d: %s\r\n" % (index, b"h" * 2048))
             sock.sendall(b"\r\n")
         self._one_shot("heads", send)
 
@@ -437,7 +442,11 @@ def run(args) -> dict:
     threads.append(threading.Thread(target=drill.publisher, args=(ready,), daemon=True))
     for thread in threads:
         thread.start()
-    ready.wait(timeout=30)
+    try:
+        ready.wait(timeout=30)
+    except threading.BrokenBarrierError:
+        drill.stop.set()
+        raise SystemExit("rtbus-bench abuse: the subscribers or the publisher did not start")
     attacks = [name.strip() for name in args.attacks.split(",") if name.strip()]
     targets = {"slowloris": drill.slowloris, "heads": drill.heads, "bodies": drill.bodies,
                "sids": drill.sids, "cross-origin": drill.cross_origin, "frames": drill.frames}

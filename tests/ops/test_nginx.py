@@ -62,6 +62,21 @@ def test_the_rendered_sample_passes_nginx_t(nginx):
     assert "proxy_http_version 1.1" in nginx.site
 
 
+def test_the_sample_bounds_clients_before_rtbus(nginx):
+    for directive in ("client_header_timeout 10s;", "client_body_timeout 30s;", "client_max_body_size 1m;",
+                      "large_client_header_buffers 4 16k;", "limit_conn rtbus_per_client 256;",
+                      "limit_req zone=rtbus_handshakes"):
+        assert directive in nginx.site, directive
+
+
+def test_a_large_head_and_a_large_body_end_at_nginx(nginx):
+    huge = {f"X-Pad-{index}": "h" * 16000 for index in range(8)}
+    status, _, _ = request(nginx.port, "GET", "/websocket/health", headers=huge)
+    assert status in (400, 494), status      # nginx's "request header too large"
+    status, _, _ = request(nginx.port, "POST", "/websocket/peek_notifications", body={"pad": "x" * (2 << 20)})
+    assert status == 413
+
+
 def test_health_through_nginx_reaches_the_gevent_process(nginx, ops_server):
     status, headers, body = request(nginx.port, "GET", "/websocket/health")
     assert status == 200 and json.loads(body) == {"status": "pass"}
