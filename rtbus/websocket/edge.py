@@ -3,10 +3,12 @@
 An HTTP connection on the evented port goes through phases, each with its own bound:
 
 - ``HEAD``: from the accept (or the first byte after a keep-alive pause) until the request
-  head is read, `limit_time_header`. A websocket handshake stays in it until the 101 is
-  written: the whole handshake gets that long.
-- ``BODY``: until the request body is received, `limit_time_body`.
-- ``APP``: the application works (a long-poll may be held); no deadline here.
+  head is read, `limit_time_header`: a websocket handshake's client side included.
+- ``BODY``: until the request body is received, `limit_time_body`. A connection is only
+  interrupted while it waits for the body; an application that works on without reading
+  it finds the body abandoned (408) when it next reads.
+- ``APP``: the application works (a long-poll may be held, a handshake checks its
+  session, bounded by the pool's own timeouts); no deadline here.
 - ``IDLE``: a kept-alive connection between two requests, `http_keepalive_timeout`.
 - ``CLOSING``: a refusal being written, `CLOSING_TIME`, so that a client that reads
   nothing cannot hold the connection either.

@@ -79,21 +79,41 @@ class _Tracked:
 
 
 class _BodyInput(Input):
-    """pywsgi's request body, which knows whether it was read to its end. Once `abandoned`
-    (its deadline passed), what is left of it is not read and discarded: the connection
-    closes instead. Until then, the rest of a body refused 413 is read and dropped (like
-    nginx's lingering close), so that a client that sends it all still reads the 413."""
+    """pywsgi's request body, which knows whether it is being read and whether it was read
+    to its end.
 
-    __slots__ = ("abandoned",)
+    Once `abandoned` (its deadline passed while the application was busy elsewhere), a
+    later read raises DeadlinePassed at once and what is left is not discarded: the
+    connection closes. Until then, the rest of a body refused 413 is read and dropped
+    (like nginx's lingering close), so that a client that sends it all still reads the 413.
+    """
+
+    __slots__ = ("abandoned", "reading")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.abandoned = False
+        self.reading = False
 
     def complete(self) -> bool:
         if self.chunked_input:
             return self.chunk_length == 0
         return self.position >= (self.content_length or 0)
+
+    def read(self, length=None):
+        return self._reading(super().read, length)
+
+    def readline(self, size=None):
+        return self._reading(super().readline, size)
+
+    def _reading(self, method, size):
+        if self.abandoned:
+            raise DeadlinePassed(Phase.BODY)
+        self.reading = True
+        try:
+            return method(size)
+        finally:
+            self.reading = False
 
     def _discard(self):
         if not self.abandoned:
@@ -173,11 +193,17 @@ class EdgeServer(WSGIServer):
 
     def _expire(self, tracked: _Tracked) -> None:
         phase = tracked.phase
-        if phase is Phase.BODY and tracked.body is not None:
-            if tracked.body.complete():
-                self.enter(tracked, Phase.APP)   # read; the application works on
-                return
-            tracked.body.abandoned = True
+        body = tracked.body
+        if phase is Phase.BODY and body is not None and not body.reading:
+            # The application is not waiting for the body (it has it, or works on without
+            # it, maybe in the database): never interrupt it there.
+            if not body.complete():
+                self.expired[phase] += 1
+                body.abandoned = True       # its next read raises
+            self.enter(tracked, Phase.APP)
+            return
+        if body is not None:
+            body.abandoned = True
         glet = tracked.greenlet
         if glet is None or glet.dead:
             return
@@ -279,9 +305,7 @@ class EdgeHandler(WSGIHandler):
                                                       self.headers.get("X-Forwarded-For")) or self._peer())
         if tracked.refusal is not None:
             raise self._refusal(tracked.refusal)
-        if self._connection_upgrade_requested():
-            pass        # the handshake keeps the head's deadline until its 101 is written
-        elif self.content_length or self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        if self.content_length or self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             server.enter(tracked, Phase.BODY)
         else:
             server.enter(tracked, Phase.APP)

@@ -156,6 +156,15 @@ def test_a_body_that_stalls_gets_408_within_the_body_time(server):
     assert metric(port, "rtbus_edge_deadlines_passed_total", phase="body") >= 1
 
 
+def test_a_route_that_ignores_the_body_answers_then_the_missing_body_ends_the_connection(server):
+    port = server.longpolling_port
+    answer, elapsed = stall(port, f"GET /websocket/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                                  f"Content-Length: 100\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]     # at once, not after a 408
+    assert b"408" not in answer
+    assert BODY_TIME - 0.1 <= elapsed <= BODY_TIME + SWEEP_SLACK, elapsed
+
+
 def test_a_chunked_body_that_trickles_is_ended_at_the_body_time(server):
     port = server.longpolling_port
     sock = connect(port)
