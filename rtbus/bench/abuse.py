@@ -52,8 +52,15 @@ def parse(argv):
     parser.add_argument("--sid-rate", type=float, default=100.0, help="random-sid peeks a second")
     parser.add_argument("--attacks", default="slowloris,heads,bodies,sids,cross-origin,frames",
                         help="comma-separated subset of the attacks")
+    parser.add_argument("--legit-source", default=None,
+                        help="local address of the subscribers and the health probe (default: "
+                             "127.0.0.2 when --host is 127.0.0.1, so that the per-client cap "
+                             "counts them apart from the attackers, as distinct clients are)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON too")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.legit_source is None and args.host == "127.0.0.1":
+        args.legit_source = "127.0.0.2"
+    return args
 
 
 class Tally:
@@ -139,15 +146,16 @@ class Drill:
         self.received: collections.Counter = collections.Counter()
         self._lock = threading.Lock()
 
-    def connect(self, timeout: float = 15.0) -> socket.socket:
-        return socket.create_connection((self.args.host, self.args.port), timeout=timeout)
+    def connect(self, timeout: float = 15.0, source: str | None = None) -> socket.socket:
+        return socket.create_connection((self.args.host, self.args.port), timeout=timeout,
+                                        source_address=(source, 0) if source else None)
 
     # -- legitimate clients -------------------------------------------------------------
     def probe_health(self) -> None:
         while not self.stop.is_set():
             started = time.monotonic()
             try:
-                sock = self.connect(timeout=5)
+                sock = self.connect(timeout=5, source=self.args.legit_source)
                 try:
                     sock.sendall(f"GET /websocket/health HTTP/1.1\r\nHost: {self.args.host}\r\n"
                                  f"Connection: close\r\n\r\n".encode())
@@ -165,7 +173,8 @@ class Drill:
     def subscriber(self, ready: threading.Barrier) -> None:
         import websocket
 
-        ws = websocket.create_connection(f"ws://{self.args.host}:{self.args.port}/websocket", timeout=5)
+        ws = websocket.create_connection(f"ws://{self.args.host}:{self.args.port}/websocket", timeout=5,
+                                         socket=self.connect(timeout=5, source=self.args.legit_source))
         try:
             ws.send(json.dumps({"event_name": "subscribe",
                                 "data": {"channels": ["abuse.drill"], "last": 0}}))
@@ -345,9 +354,12 @@ class Drill:
                 except OSError:
                     self.tally.add("frames: unfinished message", "connect failed")
                     continue
-                if outcome == "no close frame" and len(held) < 64:
-                    held.append(sock)
-                    self.tally.add("frames: unfinished message", "held")
+                if outcome == "no close frame":
+                    if len(held) < 64:
+                        held.append(sock)
+                    else:
+                        sock.close()
+                    self.tally.add("frames: unfinished message", "held (budget not reached)")
                 else:
                     sock.close()
                     self.tally.add("frames: unfinished message", outcome)

@@ -101,12 +101,13 @@ class Deadlines:
         if len(self._heap) > 2 * len(self._current) + self.COMPACT_SLACK:
             self._compact()
 
-    def due(self) -> list:
-        """The items whose deadline passed, each removed from the table."""
+    def due(self, limit: int | None = None) -> list:
+        """The items whose deadline passed (at most `limit`, the earliest first), each
+        removed from the table; the others stay due for the next call."""
         now = self._clock()
         heap, current = self._heap, self._current
         passed = []
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now and (limit is None or len(passed) < limit):
             _, seq, item = heapq.heappop(heap)
             if current.get(item) == seq:
                 del current[item]

@@ -40,6 +40,16 @@ def test_a_new_deadline_replaces_the_old_and_none_removes_it():
     assert table.due() == ["a"]
 
 
+def test_due_hands_out_at_most_its_limit_earliest_first():
+    clock = Clock()
+    table = Deadlines(clock)
+    for index in range(5):
+        table.set(index, 1.0 + index / 10)
+    clock.now += 5
+    assert table.due(limit=2) == [0, 1]
+    assert table.due(limit=10) == [2, 3, 4]
+
+
 def test_superseded_entries_do_not_pile_up():
     table = Deadlines(Clock())
     for _ in range(10 * Deadlines.COMPACT_SLACK):
