@@ -58,12 +58,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Maximum number of connections (websockets, long-polls, requests) the gevent process "
             "holds at once; one more is answered 503 (a websocket handshake: 101 then close "
             "1013), and past 256 such refusals in flight clients wait in the listen backlog.")),
-        Setting("gevent_max_connections_per_client", "int", 1024, check=COUNT,
+        Setting("gevent_max_connections_per_client", "int", 0, check=COUNT,
                 flags=("--gevent-max-connections-per-client",), help=(
             "Maximum number of connections one client address (an IPv6 client by /64) may hold "
             "on the gevent process; one more is answered like one over gevent_max_connections. "
             "With proxy_mode, the address is the X-Forwarded-For of the connection's first "
-            "request. 0 means no limit.")),
+            "request. 0 (the default, as Odoo) means no limit: without proxy_mode every client "
+            "of a reverse proxy shares the proxy's address, so set a cap (1024, say) only with "
+            "proxy_mode or when clients connect directly.")),
         Setting("limit_time_header", "float", 10.0, check=Range(0.1), flags=("--limit-time-header",),
                 help=(
             "Seconds a client of the evented port has to send a request head (counted from the "
