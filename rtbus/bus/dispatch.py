@@ -1,4 +1,4 @@
-"""ImDispatch: LISTEN `imbus`, read new bus_bus rows once, fan them out to mailboxes.
+"""ImDispatch: LISTEN `imbus`, read the bus stream once per wake-up, fan rows out to mailboxes.
 
 One dispatcher per process that holds subscribers (the gevent process, or the single
 process when workers=0), created and started explicitly at process start. Its thread
@@ -8,26 +8,20 @@ are used here) owns direct connections, not pooled ones:
 * one LISTENing on the imbus database (`postgres` by default), where the Python API
   NOTIFYs for every database of the cluster;
 * one on each served database, LISTENing too (the SQL function NOTIFYs in its own
-  database) and used for reading that database's bus_bus.
+  database) and used for reading that database's bus stream.
 
-Per wake-up and per database it runs ONE query, whatever the number of subscribers:
+Per wake-up and per database it makes ONE call, whatever the number of subscribers:
+rtbus_bus_stream_next(), which records an epoch (the snapshot it read with) and returns
+the rows that became visible since this dispatcher's previous epoch, each with its
+stream position (epoch, id); see rtbus.db migration 0006 and docs/architecture.md.
+It groups the rows by subscriber in memory, encodes each distinct batch once and puts
+the same bytes in every mailbox that wants exactly those rows.
 
-    SELECT id, channel, message FROM bus_bus WHERE id > :cursor [OR id = ANY(:gaps)]
-
-then groups the rows by subscriber in memory, encodes each distinct batch once and
-puts the same bytes in every mailbox that wants exactly those rows.
-
-Exactly-once bookkeeping, per database:
-
-* `cursor` is the highest id fetched. Ids below it that were missing when it moved
-  (transactions still open, or rolled back) are `gaps`, re-queried at every fetch so
-  that a transaction committing after a higher id was delivered is still delivered.
-  A gap is dropped after `history_seconds` (Odoo 17+'s 10 s), counted at the first
-  fetch after that age, so an outage does not expire gaps unseen.
-* A subscriber's catch-up (rows after its `last`, or the last `backlog_seconds` when
-  `last` is 0) reads only `id <= cursor AND id NOT IN gaps` as they were before the
-  live fetch of the same cycle: everything above or in the gaps reaches it through
-  that live fetch instead, so nothing is delivered twice and nothing falls between.
+Which rows a subscriber gets, and how its cursor moves, is rtbus.bus.delivery's job
+(no I/O there): a new subscriber is first caught up with a replay after the position
+of its `last` (rtbus_bus_replay(), keyset-paged by `Limits`), then joins the live rows.
+There is no time window: a transaction that commits minutes after higher ids were
+delivered is delivered when it commits, and never twice.
 """
 
 from __future__ import annotations
@@ -46,6 +40,8 @@ import orjson
 import psycopg2
 
 from rtbus.bus import channels as bus_channels
+from rtbus.bus import delivery, stream
+from rtbus.bus.delivery import CatchUp, Limits, Row, Subscriber
 from rtbus.bus.mailbox import Mailbox
 from rtbus.bus.notify import IMBUS
 
@@ -53,80 +49,40 @@ __all__ = ["ImDispatch", "Mailbox"]
 
 logger = logging.getLogger("rtbus.bus.dispatch")
 
-HISTORY_SECONDS = 10.0        # Odoo 17+ MAX_NOTIFICATION_HISTORY_SEC
 BACKLOG_SECONDS = 50.0        # Odoo's TIMEOUT: what `last = 0` replays
 IDLE_FETCH_SECONDS = 30.0     # safety-net fetch when no NOTIFY came (a lost NOTIFY)
-INITIAL_GAP_WINDOW = 100      # ids below the start-up max checked for open transactions
-MAX_GAPS = 10_000             # bound on tracked gaps (a sequence jump must not blow memory)
+PAGE_WAIT_SECONDS = 0.02      # re-check of catch-ups waiting for their mailbox to drain
 BACKOFF_FIRST = 0.25          # seconds; jittered down to half, so < 0.5 s
 BACKOFF_MAX = 5.0
 STATEMENT_TIMEOUT_MS = 30_000
-
-_LIVE_SQL = "SELECT id, channel, message FROM bus_bus WHERE id > %(cursor)s ORDER BY id"
-_LIVE_GAPS_SQL = ("SELECT id, channel, message FROM bus_bus"
-                  " WHERE id > %(cursor)s OR id = ANY(%(gaps)s) ORDER BY id")
-_INIT_SQL = ("SELECT id FROM bus_bus WHERE id > (SELECT coalesce(max(id), 0) FROM bus_bus)"
-             " - %(window)s ORDER BY id")
-_RECENT = "create_date >= (now() at time zone 'utc') - %(backlog)s * interval '1 second'"
-_CATCHUP_SQL = ("SELECT id, channel, message, " + _RECENT + " AS recent FROM bus_bus"
-                " WHERE channel = ANY(%(channels)s) AND id <= %(cursor)s"
-                " AND NOT (id = ANY(%(gaps)s)) AND ({condition}) ORDER BY id")
-
-
-class _Row:
-    """One bus_bus row; `blob` is its wire form, built once and shared by all batches."""
-
-    __slots__ = ("id", "channel", "blob", "recent")
-
-    def __init__(self, row_id: int, channel: str, message: str | None, recent: bool = True):
-        self.id = row_id
-        self.channel = channel
-        self.blob = b'{"id":%d,"message":%s}' % (row_id, (message or "null").encode("utf-8"))
-        self.recent = recent
-
-
-class _Subscriber:
-    __slots__ = ("key", "dbname", "mailbox", "channels", "position")
-
-    def __init__(self, key, dbname: str, mailbox: Mailbox):
-        self.key = key
-        self.dbname = dbname
-        self.mailbox = mailbox
-        self.channels: frozenset[str] = frozenset()   # registered in the channel map
-        self.position = 0                              # adopted `last`, then highest id put
-
-
-@dataclasses.dataclass
-class _CatchUp:
-    """Channels a subscriber has just added, waiting for the next cycle of its database."""
-
-    added: set[str]
-    last: int
-    adopt: bool        # first `last` of this subscriber: clamp it, and filter live rows by it
 
 
 class _Database:
     def __init__(self, name: str):
         self.name = name
-        self.cursor: int | None = None                 # None until the first link opens
-        self.gaps: dict[int, float] = {}               # id -> monotonic time first missed
-        self.subscribers: dict[str, set[_Subscriber]] = {}
-        self.catchups: dict[_Subscriber, _CatchUp] = {}
+        self.where = f" in database {name}"
+        self.epoch: int | None = None                  # None until the first link opens
+        self.subscribers: dict[str, set[Subscriber]] = {}
+        self.catchups: dict[Subscriber, CatchUp] = {}  # pending, in arrival order
         self.woken = False
         self.notified_at: float | None = None   # first NOTIFY since the last cycle (monotonic)
         self.stale = False          # a NOTIFY was skipped: rows lie above the cursor
         self.last_fetch = 0.0
 
-    def register(self, channel: str, sub: _Subscriber) -> None:
+    def register(self, channel: str, sub: Subscriber) -> None:
         self.subscribers.setdefault(channel, set()).add(sub)
 
-    def unregister(self, channel: str, sub: _Subscriber) -> None:
+    def unregister(self, channel: str, sub: Subscriber) -> None:
         subs = self.subscribers.get(channel)
         if subs is not None:
             subs.discard(sub)
             if not subs:
                 del self.subscribers[channel]
 
+    def runnable_catchups(self) -> list[tuple[Subscriber, CatchUp]]:
+        """Catch-ups to read now: first pages, and next pages whose mailbox drained."""
+        return [(sub, catchup) for sub, catchup in self.catchups.items()
+                if not catchup.pages or not len(sub.mailbox)]
 
 class _Link:
     """A direct connection LISTENing on `imbus` in one database."""
@@ -160,18 +116,18 @@ class ImDispatch:
 
     def __init__(self, connect_kwargs: Callable[[str], dict], databases: Iterable[str], *,
                  imbus_db_name: str = "postgres",
-                 history_seconds: float = HISTORY_SECONDS,
                  backlog_seconds: float = BACKLOG_SECONDS,
                  idle_fetch_seconds: float = IDLE_FETCH_SECONDS,
                  backoff_first: float = BACKOFF_FIRST, backoff_max: float = BACKOFF_MAX,
+                 limits: Limits = Limits(),
                  application_name: str = "rtbus-imdispatch",
                  statement_timeout_ms: int = STATEMENT_TIMEOUT_MS, lock_timeout_ms: int = 0):
         self._connect_kwargs = connect_kwargs
         self.statement_timeout_ms = statement_timeout_ms
         self.lock_timeout_ms = lock_timeout_ms
         self.imbus_db_name = imbus_db_name
-        self.history_seconds = history_seconds
         self.backlog_seconds = backlog_seconds
+        self.limits = limits
         self.idle_fetch_seconds = idle_fetch_seconds
         self.backoff_first = backoff_first
         self.backoff_max = backoff_max
@@ -179,7 +135,7 @@ class ImDispatch:
         self._dbs = {name: _Database(name) for name in databases}
         # The imbus link first: LISTEN there before reading any start-up cursor.
         self._links = {name: _Link(name) for name in [imbus_db_name, *self._dbs]}
-        self._subs: dict[object, _Subscriber] = {}     # owned by the dispatcher thread
+        self._subs: dict[object, Subscriber] = {}     # owned by the dispatcher thread
         self._requests: list[_Request] = []
         self._requests_lock = threading.Lock()
         self._requested = 0                       # requests enqueued so far
@@ -197,7 +153,7 @@ class ImDispatch:
         self._counters = dict.fromkeys(
             ("wakeups", "notifies", "queries", "live_queries", "catchup_queries",
              "rows_fetched", "deliveries", "batches_encoded", "mailbox_puts", "overflows",
-             "listen_connects", "listen_reconnects", "gaps_filled", "gaps_expired"), 0)
+             "listen_connects", "listen_reconnects", "catchup_pages", "regressions"), 0)
 
     @classmethod
     def from_config(cls, config, databases: Iterable[str] | None = None, **kwargs) -> ImDispatch:
@@ -215,6 +171,8 @@ class ImDispatch:
             kwargs.setdefault("statement_timeout_ms", milliseconds(config.db_statement_timeout))
         if getattr(config, "db_lock_timeout", 0.0):
             kwargs.setdefault("lock_timeout_ms", milliseconds(config.db_lock_timeout))
+        kwargs.setdefault("limits", Limits(config.bus_batch_max_notifications,
+                                           config.bus_batch_max_bytes))
         return cls(kwargs_for, databases, imbus_db_name=config.imbus_db_name, **kwargs)
 
     def listen(self, channel: str, callback: Callable[[str, str], None]) -> None:
@@ -278,9 +236,10 @@ class ImDispatch:
 
         `channels` are encoded channels anchored to `dbname`. The first `last` of a
         subscriber is adopted (later ones are ignored, as in Odoo 17+): everything
-        after it on its channels is delivered, or the last `backlog_seconds` when it
-        is 0 or above the database's max id. A channel added by a later subscribe is
-        caught up from the highest id already delivered to this subscriber. A
+        after its stream position on its channels is delivered, or the last
+        `backlog_seconds` when it is 0 or above the database's max id. A channel added
+        by a later subscribe is caught up from the last notification delivered to this
+        subscriber. A
         different dbname or mailbox for a known key starts a new subscription.
         Raises InvalidChannel, or ValueError for a database not served.
         """
@@ -299,12 +258,13 @@ class ImDispatch:
         self._enqueue(_Request(subscriber_key))
 
     def stats(self) -> dict:
-        """Counters since start, plus gauges: subscribers, channels, listen_connections, gaps."""
+        """Counters since start, plus gauges: subscribers, channels, listen_connections,
+        catchups (subscribers still being caught up), outage."""
         stats = dict(self._counters)
         dbs = list(self._dbs.values())
         stats["subscribers"] = len(self._subs)
         stats["channels"] = sum(len(db.subscribers) for db in dbs)
-        stats["gaps"] = sum(len(db.gaps) for db in dbs)
+        stats["catchups"] = sum(len(db.catchups) for db in dbs)
         stats["listen_connections"] = sum(link.up for link in list(self._links.values()))
         stats["outage"] = self._outage_since is not None
         return stats
@@ -385,9 +345,10 @@ class ImDispatch:
         for db in self._dbs.values():
             if (db.subscribers or db.stale) and now - db.last_fetch >= self.idle_fetch_seconds:
                 db.woken = True
-            if (db.woken or db.catchups) and self._links[db.name].up:
+            if (db.woken or db.runnable_catchups()) and self._links[db.name].up:
                 self._cycle(db)
-        if not any(db.catchups for db in self._dbs.values()):
+        if not any(not catchup.pages for db in self._dbs.values()
+                   for catchup in db.catchups.values()):
             with self._applied_cond:
                 if self._applied != self._taken:
                     self._applied = self._taken
@@ -395,6 +356,8 @@ class ImDispatch:
 
     def _next_timeout(self, now: float) -> float:
         timeout = self.idle_fetch_seconds
+        if any(db.catchups for db in self._dbs.values()):
+            timeout = PAGE_WAIT_SECONDS
         if self._outage_since is not None:
             timeout = min(timeout, self._next_attempt - now)
         return max(timeout, 0.0)
@@ -478,6 +441,7 @@ class ImDispatch:
             db.notified_at = time.monotonic()
 
     # -- subscription requests --------------------------------------------------------------
+    # -- subscription requests --------------------------------------------------------------
 
     def _apply_requests(self) -> None:
         with self._requests_lock:
@@ -504,39 +468,31 @@ class ImDispatch:
             self._remove(request.key)
             sub = None
         if sub is None:
-            sub = self._subs[request.key] = _Subscriber(request.key, request.dbname,
-                                                        request.mailbox)
+            sub = self._subs[request.key] = Subscriber(request.key, request.dbname,
+                                                       request.mailbox)
         db = self._dbs[request.dbname]
         for channel in sub.channels - request.channels:
             db.unregister(channel, sub)
-        sub.channels &= request.channels
-        added = set(request.channels - sub.channels)
-        pending = db.catchups.get(sub)
-        if pending is not None:
-            pending.added = (pending.added & request.channels) | added
-        elif added or sub.position == 0:
-            # Registration of the added channels waits for the cycle, which takes the
-            # snapshot that splits catch-up from live delivery.
-            adopt = sub.position == 0
-            db.catchups[sub] = _CatchUp(added, request.last if adopt else 0, adopt)
+        # Registration of added channels waits for their catch-up, read in a cycle.
+        catchup = delivery.start_catchup(sub, request.channels, request.last)
+        if catchup is not None:
+            db.catchups[sub] = catchup
 
-    # -- one fetch-and-deliver cycle for one database ---------------------------------------
+    # -- one read-and-deliver cycle for one database ----------------------------------------
 
     def _cycle(self, db: _Database) -> None:
         link = self._links[db.name]
-        catchups, db.catchups = db.catchups, {}
-        snapshot_cursor, snapshot_gaps = db.cursor, dict(db.gaps)
         try:
             with link.conn.cursor() as cur:
-                live = self._fetch_live(cur, db)
-                caught = self._fetch_catchups(cur, db, catchups, snapshot_cursor,
-                                              list(snapshot_gaps))
+                epoch, live, regressed = stream.read_next(cur, db.epoch, self.backlog_seconds,
+                                                          db.where)
+                self._count_query(len(live))
+                if regressed:
+                    self._regressed(db, epoch)
+                pages = self._read_catchups(cur, db, epoch)
         except psycopg2.Error as exc:
-            # Undo the cycle: the live rows are dropped with the cursor and gaps restored,
-            # and the catch-ups wait for the next cycle, so both are fetched again.
-            db.cursor, db.gaps = snapshot_cursor, snapshot_gaps
-            catchups.update(db.catchups)
-            db.catchups = catchups
+            # The cycle is undone: the epoch stays, so the next read returns these rows
+            # again (the epochs recorded meanwhile included), and the catch-ups wait.
             db.last_fetch = time.monotonic()
             if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) \
                     or link.conn is None or link.conn.closed:
@@ -548,137 +504,94 @@ class ImDispatch:
                 logger.error("ImDispatch fetch failed in database %s: %s; retrying in %.0f s",
                              db.name, str(exc).strip(), self.idle_fetch_seconds)
             return
+        db.epoch = epoch
         db.woken = db.stale = False
         db.last_fetch = time.monotonic()
         notified_at, db.notified_at = db.notified_at, None
-        self._deliver(db, live, caught, notified_at if live else None)
+        self._deliver(delivery.fan_out(db.subscribers, live), notified_at if live else None)
+        self._deliver_pages(db, pages)
 
-    def _fetch_live(self, cur, db: _Database) -> list[_Row]:
-        params = {"cursor": db.cursor, "gaps": list(db.gaps)}
-        cur.execute(_LIVE_GAPS_SQL if db.gaps else _LIVE_SQL, params)
-        fetched = cur.fetchall()
-        self._counters["queries"] += 1
-        self._counters["live_queries"] += 1
-        self._counters["rows_fetched"] += len(fetched)
-        self._advance(db, [row[0] for row in fetched])
-        return [_Row(row_id, channel, message) for row_id, channel, message in fetched
-                if _plausible_message(db, row_id, message)]
+    def _count_query(self, rows: int, catchup: bool = False) -> None:
+        counters = self._counters
+        counters["queries"] += 1
+        counters["catchup_queries" if catchup else "live_queries"] += 1
+        counters["rows_fetched"] += rows
 
-    def _advance(self, db: _Database, ids: list[int]) -> None:
-        """Move the cursor past `ids`, track the ids it skipped, expire old gaps."""
-        now = time.monotonic()
-        for row_id in ids:
-            if db.gaps.pop(row_id, None) is not None:
-                self._counters["gaps_filled"] += 1
-        top = max(ids, default=db.cursor)
-        if top > db.cursor:
-            seen = set(ids)
-            for missing in range(max(db.cursor + 1, top - MAX_GAPS), top):
-                if missing not in seen:
-                    db.gaps[missing] = now
-            db.cursor = top
-        # Expire after the query, so a gap older than the window is still looked at
-        # once (after an outage, say) before it is given up.
-        expired = [gap for gap, since in db.gaps.items() if now - since > self.history_seconds]
-        for gap in expired:
-            del db.gaps[gap]
-        self._counters["gaps_expired"] += len(expired)
-        if len(db.gaps) > MAX_GAPS:
-            for gap in sorted(db.gaps)[:len(db.gaps) - MAX_GAPS]:
-                del db.gaps[gap]
+    def _regressed(self, db: _Database, epoch: int) -> None:
+        self._counters["regressions"] += 1
+        logger.warning("ImDispatch: the bus stream of database %s went backwards (bus_bus "
+                       "truncated with RESTART IDENTITY, sequence reset or restore): it "
+                       "restarts at epoch %d; %d subscriber(s) carry on", db.name, epoch,
+                       sum(1 for sub in self._subs.values() if sub.dbname == db.name))
+        delivery.restart([sub for sub in self._subs.values() if sub.dbname == db.name], epoch)
 
-    def _fetch_catchups(self, cur, db: _Database, catchups: dict[_Subscriber, _CatchUp],
-                        snapshot_cursor: int, snapshot_gaps: list[int]
-                        ) -> dict[_Subscriber, tuple[_CatchUp, list[_Row]]]:
-        """Run one query for all of this cycle's catch-ups; return each one's rows.
-
-        Only rows at or below the pre-live-fetch cursor and outside its gaps: the rest
-        reached these subscribers (or will) through live delivery.
-        """
-        if not catchups:
-            return {}
-        for sub, catchup in catchups.items():
-            if catchup.adopt:
-                # A `last` above what the database has is from another life of it: replay.
-                catchup.last = catchup.last if catchup.last <= db.cursor else 0
-                sub.position = max(sub.position, catchup.last)
-            else:
-                catchup.last = sub.position
-        wanted = set().union(*(c.added for c in catchups.values()))
-        rows: list[_Row] = []
-        if wanted:
-            lasts = [c.last for c in catchups.values() if c.added and c.last > 0]
-            windows = any(c.added and c.last == 0 for c in catchups.values())
-            conditions = []
-            if lasts:
-                conditions.append("id > %(min_last)s")
-            if windows:
-                conditions.append(_RECENT)
-            cur.execute(_CATCHUP_SQL.format(condition=" OR ".join(conditions)), {
-                "channels": sorted(wanted), "cursor": snapshot_cursor, "gaps": snapshot_gaps,
-                "min_last": min(lasts, default=0), "backlog": self.backlog_seconds})
-            rows = [_Row(row_id, channel, message, recent)
-                    for row_id, channel, message, recent in cur.fetchall()
-                    if _plausible_message(db, row_id, message)]
-            self._counters["queries"] += 1
-            self._counters["catchup_queries"] += 1
-            self._counters["rows_fetched"] += len(rows)
-        caught = {}
-        for sub, catchup in catchups.items():
-            mine = [row for row in rows if row.channel in catchup.added
-                    and (row.id > catchup.last if catchup.last else row.recent)]
-            caught[sub] = (catchup, mine)
-        return caught
+    def _read_catchups(self, cur, db: _Database, epoch: int
+                       ) -> list[tuple[Subscriber, CatchUp, delivery.Replayed]]:
+        """One replay page per runnable catch-up; identical replays are read once."""
+        pages = []
+        shared: dict[tuple, delivery.Replayed] = {}
+        for sub, catchup in db.runnable_catchups():
+            if not catchup.channels:
+                pages.append((sub, catchup, delivery.Replayed(
+                    catchup.position or delivery.START, catchup.window, [], None, True)))
+                continue
+            key = (catchup.position, catchup.last, catchup.window, frozenset(catchup.channels))
+            page = shared.get(key)
+            if page is None:
+                page = shared[key] = stream.replay(
+                    cur, catchup, epoch, catchup.channels, self.backlog_seconds,
+                    self.limits.notifications, db.where)
+                self._count_query(len(page.rows), catchup=True)
+            pages.append((sub, catchup, page))
+        return pages
 
     # -- fan-out --------------------------------------------------------------------------------
 
-    def _deliver(self, db: _Database, live: list[_Row],
-                 caught: dict[_Subscriber, tuple[_CatchUp, list[_Row]]],
-                 since: float | None = None) -> None:
-        """Group rows by subscriber, encode each distinct batch once, fill mailboxes.
+    def _deliver_pages(self, db: _Database, pages) -> None:
+        wants = {}
+        for sub, catchup, page in pages:
+            if self._subs.get(sub.key) is not sub or db.catchups.get(sub) is not catchup:
+                continue          # unsubscribed meanwhile, or resubscribed
+            rows = delivery.finish_page(sub, catchup, page, db.epoch, self.limits)
+            catchup.pages += 1
+            self._counters["catchup_pages"] += 1
+            if sub.catchup is None:
+                del db.catchups[sub]
+                for channel in catchup.channels:
+                    db.register(channel, sub)
+            if rows:
+                wants[sub] = rows
+        self._deliver(wants)
+
+    def _deliver(self, wants: dict[Subscriber, list[Row]], since: float | None = None) -> None:
+        """Encode each distinct page once and put it in the mailboxes that want it.
 
         `since` is when the NOTIFY that woke this cycle arrived; it travels with every
         batch of the cycle for the delivery latency (None: a cycle no NOTIFY triggered).
         """
-        wants: dict[_Subscriber, list[_Row]] = {}
-        for row in live:
-            for sub in db.subscribers.get(row.channel, ()):
-                wants.setdefault(sub, []).append(row)
-        for sub, (catchup, rows) in caught.items():
-            if self._subs.get(sub.key) is not sub:
-                continue
-            for channel in catchup.added:
-                db.register(channel, sub)
-            sub.channels |= catchup.added
-            # Live rows on the new channels, except those its adopted `last` says it has.
-            fresh = [row for row in live if row.channel in catchup.added
-                     and not (catchup.adopt and catchup.last and row.id <= catchup.last)]
-            if rows or fresh:
-                merged = {row.id: row for row in (*wants.get(sub, ()), *rows, *fresh)}
-                wants[sub] = [merged[row_id] for row_id in sorted(merged)]
         if not wants:
             return
         batches: dict[tuple[int, ...], tuple[bytes, list[int]]] = {}
         counters = self._counters
+        limits = self.limits
         for sub, rows in wants.items():
-            if sub.mailbox.overflowed or sub.mailbox.closed:
+            mailbox = sub.mailbox
+            if mailbox.overflowed or mailbox.closed:
                 continue           # the transport is closing it; it will unsubscribe
-            ids = [row.id for row in rows]
-            signature = tuple(ids)
-            encoded = batches.get(signature)
-            if encoded is None:
-                batch = b"[" + b",".join(row.blob for row in rows) + b"]"
-                encoded = batches[signature] = (batch, ids)
-                counters["batches_encoded"] += 1
-            if sub.mailbox.put(*encoded, since):
+            for page in limits.pages(rows) if len(rows) > 1 else (rows,):
+                ids = [row.id for row in page]
+                signature = tuple(ids)
+                encoded = batches.get(signature)
+                if encoded is None:
+                    encoded = batches[signature] = (delivery.encode(page), ids)
+                    counters["batches_encoded"] += 1
+                if not mailbox.put(*encoded, since):
+                    if mailbox.overflowed:
+                        counters["overflows"] += 1
+                    break
                 counters["mailbox_puts"] += 1
                 counters["deliveries"] += len(ids)
-                sub.position = max(sub.position, ids[-1])
-            elif sub.mailbox.overflowed:
-                counters["overflows"] += 1
-
-    # -- connections and outages ----------------------------------------------------------------
-
+                sub.given(page)
     def _reconnect(self, initial: bool = False) -> None:
         """Open every link that is down; start, continue or end the outage accordingly."""
         self._outage_attempts += 0 if initial else 1
@@ -736,8 +649,13 @@ class ImDispatch:
                 if db is not None:
                     for channel in self._listeners:
                         cur.execute("LISTEN " + channel)
-                if db is not None and db.cursor is None:
-                    self._init_cursor(cur, db)
+                if db is not None:
+                    # The epoch records are not worth an fsync each: lost in a crash,
+                    # the rows they placed are placed again by the next epoch.
+                    cur.execute("SET synchronous_commit = off")
+                if db is not None and db.epoch is None:
+                    db.epoch, _, _ = stream.read_next(cur, None, self.backlog_seconds)
+                    self._count_query(0)
         except BaseException:
             with contextlib.suppress(psycopg2.Error):
                 conn.close()
@@ -747,14 +665,6 @@ class ImDispatch:
         if link.dbname in self._dbs:
             for channel in self._listeners:
                 self._call_listener(channel, link.dbname, "*")
-
-    def _init_cursor(self, cur, db: _Database) -> None:
-        """Start at the current max id; recent missing ids may be open transactions."""
-        cur.execute(_INIT_SQL, {"window": INITIAL_GAP_WINDOW})
-        ids = [row_id for row_id, in cur.fetchall()]
-        self._counters["queries"] += 1
-        db.cursor = max(0, ids[-1] - INITIAL_GAP_WINDOW) if ids else 0
-        self._advance(db, ids)
 
     def _link_failed(self, link: _Link, exc: BaseException) -> None:
         self._close_link(link)
@@ -778,10 +688,3 @@ class ImDispatch:
                 conn.close()
 
 
-def _plausible_message(db: _Database, row_id: int, message: str | None) -> bool:
-    # Messages are spliced into the batch without decoding; a row written by hand that
-    # is not a JSON object would corrupt every batch it is part of.
-    if message is None or (message.startswith("{") and message.endswith("}")):
-        return True
-    logger.warning("bus_bus row %d in database %s is not a JSON object: skipped", row_id, db.name)
-    return False

@@ -293,6 +293,12 @@ SETTINGS: tuple[Setting, ...] = (
             "What to do at start-up when the connection pools of all processes could exceed "
             "what PostgreSQL allows: refuse to start (error), log a warning (warn) or skip "
             "the check (off).")),
+        Setting("bus_batch_max_notifications", "int", 1000, check=Range(1), cli=False, help=(
+            "Most notifications in one websocket frame or one long-poll or peek answer; a "
+            "longer catch-up follows in further frames, or from the client's next request.")),
+        Setting("bus_batch_max_bytes", "bytes", MIB, cli=False, help=(
+            "About the most bytes of notifications in one websocket frame or one long-poll "
+            "or peek answer (a single larger notification still goes, alone).")),
         Setting("mailbox_max_bytes", "bytes", 4 * MIB, cli=False, help=(
             "Bound on the bytes queued for one subscriber that has not read them yet; a "
             "client falling further behind is disconnected and catches up on reconnection.")),

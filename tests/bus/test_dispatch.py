@@ -33,7 +33,8 @@ class Inbox:
             return False
         notifications = orjson.loads(batch)
         ids = [n["id"] for n in notifications]
-        assert ids == sorted(ids) and len(set(ids)) == len(ids), f"batch out of order: {ids}"
+        # Stream order is (epoch, id): a late commit comes after higher ids.
+        assert len(set(ids)) == len(ids), f"a notification twice in a batch: {ids}"
         self.received.extend(notifications)
         self.batches += 1
         return True
@@ -221,15 +222,13 @@ def test_out_of_order_commits_are_delivered(bus_db, connections, make_dispatch):
     assert slow_id < fast_id
     fast.commit()
     assert inbox.wait(1) and inbox.ids == [fast_id]
-    assert dispatch.stats()["gaps"] >= 1
     slow.commit()                                   # the lower id commits after the higher one
     assert inbox.wait(2) and inbox.ids == [fast_id, slow_id]
     assert inbox.settle() and inbox.ids == [fast_id, slow_id]
-    assert dispatch.stats()["gaps_filled"] >= 1
 
 
-def test_gaps_expire_after_the_history_window(bus_db, connections, make_dispatch):
-    dispatch = make_dispatch([bus_db], history_seconds=0.5, idle_fetch_seconds=0.1)
+def test_a_rolled_back_id_is_no_hole(bus_db, connections, make_dispatch):
+    dispatch = make_dispatch([bus_db], idle_fetch_seconds=0.1)
     inbox = Inbox()
     dispatch.subscribe("s", bus_db, [encode(bus_db, "broadcast")], 0, inbox.mailbox)
     sync(dispatch)
@@ -241,13 +240,11 @@ def test_gaps_expire_after_the_history_window(bus_db, connections, make_dispatch
         cur.execute("""SELECT rtbus_sendone('"broadcast"', 't', '2')""")
     app.commit()
     assert inbox.wait(1)
-    assert dispatch.stats()["gaps"] == 1
-    wait_until(lambda: dispatch.stats()["gaps_expired"] == 1, 5, message="the gap to expire")
     with app.cursor() as cur:
         cur.execute("""SELECT rtbus_sendone('"broadcast"', 't', '3')""")
     app.commit()
     assert inbox.wait(2) and inbox.payloads == [2, 3]
-    assert dispatch.stats()["gaps"] == 0 and dispatch.stats()["gaps_expired"] == 1
+    assert inbox.settle() and inbox.payloads == [2, 3]
 
 
 def test_idle_fetch_delivers_a_row_whose_notify_was_lost(bus_db, connections, make_dispatch):

@@ -146,7 +146,8 @@ $$;
 -- sees, in stream order, at most `p_limit`. p_epoch NULL: the position of row p_id
 -- (row 0, or an id above every id: the last p_backlog seconds instead, Odoo's rule).
 -- p_window: only rows created in the last p_backlog seconds. An id older than every
--- epoch kept (the resume horizon) falls back to "id > p_id".
+-- epoch kept (the resume horizon) falls back to "id > p_id". The first row returned is
+-- the start as resolved: (epoch, id, NULL, NULL, window); epoch -1 means "by id only".
 CREATE OR REPLACE FUNCTION rtbus_bus_replay(p_epoch bigint, p_id bigint, p_window boolean,
                                             p_cur bigint, p_channels varchar[],
                                             p_backlog double precision, p_limit integer)
@@ -177,6 +178,7 @@ BEGIN
             END IF;
         END IF;
     END IF;
+    RETURN QUERY SELECT p_epoch, p_id::integer, NULL::varchar, NULL::varchar, p_window;
     IF p_window THEN
         RETURN QUERY
         SELECT e.epoch, b.id, b.channel, b.message, true
