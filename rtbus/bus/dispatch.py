@@ -14,8 +14,7 @@ Per wake-up and per database it makes ONE call, whatever the number of subscribe
 rtbus_bus_stream_next(), which records an epoch (the snapshot it read with) and returns
 the rows that became visible since this dispatcher's previous epoch, each with its
 stream position (epoch, id); see rtbus.db migration 0006 and docs/architecture.md.
-It groups the rows by subscriber in memory, encodes each distinct batch once and puts
-the same bytes in every mailbox that wants exactly those rows.
+rtbus.bus.cycle groups them by subscriber and encodes each distinct batch once.
 
 Which rows a subscriber gets, and how its cursor moves, is rtbus.bus.delivery's job
 (no I/O there): a new subscriber is first caught up with a replay after the position
@@ -40,8 +39,9 @@ import orjson
 import psycopg2
 
 from rtbus.bus import channels as bus_channels
-from rtbus.bus import delivery, stream
-from rtbus.bus.delivery import CatchUp, Limits, Row, Subscriber
+from rtbus.bus import cycle, delivery, stream
+from rtbus.bus.cycle import Database
+from rtbus.bus.delivery import Limits, Subscriber
 from rtbus.bus.mailbox import Mailbox
 from rtbus.bus.notify import IMBUS
 
@@ -51,38 +51,10 @@ logger = logging.getLogger("rtbus.bus.dispatch")
 
 BACKLOG_SECONDS = 50.0        # Odoo's TIMEOUT: what `last = 0` replays
 IDLE_FETCH_SECONDS = 30.0     # safety-net fetch when no NOTIFY came (a lost NOTIFY)
-PAGE_WAIT_SECONDS = 0.02      # re-check of catch-ups waiting for their mailbox to drain
 BACKOFF_FIRST = 0.25          # seconds; jittered down to half, so < 0.5 s
 BACKOFF_MAX = 5.0
 STATEMENT_TIMEOUT_MS = 30_000
 
-
-class _Database:
-    def __init__(self, name: str):
-        self.name = name
-        self.where = f" in database {name}"
-        self.epoch: int | None = None                  # None until the first link opens
-        self.subscribers: dict[str, set[Subscriber]] = {}
-        self.catchups: dict[Subscriber, CatchUp] = {}  # pending, in arrival order
-        self.woken = False
-        self.notified_at: float | None = None   # first NOTIFY since the last cycle (monotonic)
-        self.stale = False          # a NOTIFY was skipped: rows lie above the cursor
-        self.last_fetch = 0.0
-
-    def register(self, channel: str, sub: Subscriber) -> None:
-        self.subscribers.setdefault(channel, set()).add(sub)
-
-    def unregister(self, channel: str, sub: Subscriber) -> None:
-        subs = self.subscribers.get(channel)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self.subscribers[channel]
-
-    def runnable_catchups(self) -> list[tuple[Subscriber, CatchUp]]:
-        """Catch-ups to read now: first pages, and next pages whose mailbox drained."""
-        return [(sub, catchup) for sub, catchup in self.catchups.items()
-                if not catchup.pages or not len(sub.mailbox)]
 
 class _Link:
     """A direct connection LISTENing on `imbus` in one database."""
@@ -132,7 +104,7 @@ class ImDispatch:
         self.backoff_first = backoff_first
         self.backoff_max = backoff_max
         self.application_name = application_name
-        self._dbs = {name: _Database(name) for name in databases}
+        self._dbs = {name: Database(name) for name in databases}
         # The imbus link first: LISTEN there before reading any start-up cursor.
         self._links = {name: _Link(name) for name in [imbus_db_name, *self._dbs]}
         self._subs: dict[object, Subscriber] = {}     # owned by the dispatcher thread
@@ -357,7 +329,7 @@ class ImDispatch:
     def _next_timeout(self, now: float) -> float:
         timeout = self.idle_fetch_seconds
         if any(db.catchups for db in self._dbs.values()):
-            timeout = PAGE_WAIT_SECONDS
+            timeout = cycle.PAGE_WAIT_SECONDS
         if self._outage_since is not None:
             timeout = min(timeout, self._next_attempt - now)
         return max(timeout, 0.0)
@@ -433,7 +405,7 @@ class ImDispatch:
                 db.stale = True
 
     @staticmethod
-    def _notified(db: _Database) -> None:
+    def _notified(db: Database) -> None:
         db.woken = True
         if db.notified_at is None:
             # PostgreSQL sends a NOTIFY at commit: this is when the rows became visible,
@@ -480,7 +452,7 @@ class ImDispatch:
 
     # -- one read-and-deliver cycle for one database ----------------------------------------
 
-    def _cycle(self, db: _Database) -> None:
+    def _cycle(self, db: Database) -> None:
         link = self._links[db.name]
         try:
             with link.conn.cursor() as cur:
@@ -489,7 +461,8 @@ class ImDispatch:
                 self._count_query(len(live))
                 if regressed:
                     self._regressed(db, epoch)
-                pages = self._read_catchups(cur, db, epoch)
+                pages = cycle.read_catchups(cur, db, epoch, self.backlog_seconds,
+                                            self.limits, self._count_query)
         except psycopg2.Error as exc:
             # The cycle is undone: the epoch stays, so the next read returns these rows
             # again (the epochs recorded meanwhile included), and the catch-ups wait.
@@ -508,16 +481,17 @@ class ImDispatch:
         db.woken = db.stale = False
         db.last_fetch = time.monotonic()
         notified_at, db.notified_at = db.notified_at, None
-        self._deliver(delivery.fan_out(db.subscribers, live), notified_at if live else None)
-        self._deliver_pages(db, pages)
+        cycle.deliver(delivery.fan_out(db.subscribers, live), self.limits, self._counters,
+                      notified_at if live else None)
+        cycle.deliver(cycle.finish_pages(db, pages, self._subs, self.limits, self._counters),
+                      self.limits, self._counters)
 
     def _count_query(self, rows: int, catchup: bool = False) -> None:
-        counters = self._counters
-        counters["queries"] += 1
+        counters, counters["queries"] = self._counters, self._counters["queries"] + 1
         counters["catchup_queries" if catchup else "live_queries"] += 1
         counters["rows_fetched"] += rows
 
-    def _regressed(self, db: _Database, epoch: int) -> None:
+    def _regressed(self, db: Database, epoch: int) -> None:
         self._counters["regressions"] += 1
         logger.warning("ImDispatch: the bus stream of database %s went backwards (bus_bus "
                        "truncated with RESTART IDENTITY, sequence reset or restore): it "
@@ -525,73 +499,8 @@ class ImDispatch:
                        sum(1 for sub in self._subs.values() if sub.dbname == db.name))
         delivery.restart([sub for sub in self._subs.values() if sub.dbname == db.name], epoch)
 
-    def _read_catchups(self, cur, db: _Database, epoch: int
-                       ) -> list[tuple[Subscriber, CatchUp, delivery.Replayed]]:
-        """One replay page per runnable catch-up; identical replays are read once."""
-        pages = []
-        shared: dict[tuple, delivery.Replayed] = {}
-        for sub, catchup in db.runnable_catchups():
-            if not catchup.channels:
-                pages.append((sub, catchup, delivery.Replayed(
-                    catchup.position or delivery.START, catchup.window, [], None, True)))
-                continue
-            key = (catchup.position, catchup.last, catchup.window, frozenset(catchup.channels))
-            page = shared.get(key)
-            if page is None:
-                page = shared[key] = stream.replay(
-                    cur, catchup, epoch, catchup.channels, self.backlog_seconds,
-                    self.limits.notifications, db.where)
-                self._count_query(len(page.rows), catchup=True)
-            pages.append((sub, catchup, page))
-        return pages
+    # -- connections and outages ----------------------------------------------------------------
 
-    # -- fan-out --------------------------------------------------------------------------------
-
-    def _deliver_pages(self, db: _Database, pages) -> None:
-        wants = {}
-        for sub, catchup, page in pages:
-            if self._subs.get(sub.key) is not sub or db.catchups.get(sub) is not catchup:
-                continue          # unsubscribed meanwhile, or resubscribed
-            rows = delivery.finish_page(sub, catchup, page, db.epoch, self.limits)
-            catchup.pages += 1
-            self._counters["catchup_pages"] += 1
-            if sub.catchup is None:
-                del db.catchups[sub]
-                for channel in catchup.channels:
-                    db.register(channel, sub)
-            if rows:
-                wants[sub] = rows
-        self._deliver(wants)
-
-    def _deliver(self, wants: dict[Subscriber, list[Row]], since: float | None = None) -> None:
-        """Encode each distinct page once and put it in the mailboxes that want it.
-
-        `since` is when the NOTIFY that woke this cycle arrived; it travels with every
-        batch of the cycle for the delivery latency (None: a cycle no NOTIFY triggered).
-        """
-        if not wants:
-            return
-        batches: dict[tuple[int, ...], tuple[bytes, list[int]]] = {}
-        counters = self._counters
-        limits = self.limits
-        for sub, rows in wants.items():
-            mailbox = sub.mailbox
-            if mailbox.overflowed or mailbox.closed:
-                continue           # the transport is closing it; it will unsubscribe
-            for page in limits.pages(rows) if len(rows) > 1 else (rows,):
-                ids = [row.id for row in page]
-                signature = tuple(ids)
-                encoded = batches.get(signature)
-                if encoded is None:
-                    encoded = batches[signature] = (delivery.encode(page), ids)
-                    counters["batches_encoded"] += 1
-                if not mailbox.put(*encoded, since):
-                    if mailbox.overflowed:
-                        counters["overflows"] += 1
-                    break
-                counters["mailbox_puts"] += 1
-                counters["deliveries"] += len(ids)
-                sub.given(page)
     def _reconnect(self, initial: bool = False) -> None:
         """Open every link that is down; start, continue or end the outage accordingly."""
         self._outage_attempts += 0 if initial else 1
