@@ -106,6 +106,11 @@ class Mailbox:
             self._bytes -= len(batch)
             return batch
 
+    def peek(self) -> bytes | None:
+        """The oldest batch, left in place; None when there is none."""
+        with self._lock:
+            return self._batches[0][0] if self._batches else None
+
     def get(self, timeout: float | None = None) -> bytes | None:
         """Return the oldest batch, waiting up to `timeout` seconds (None: forever).
 

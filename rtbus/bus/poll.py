@@ -9,7 +9,10 @@ NOTIFY cost one query.
 
 The answer is a batch exactly as the dispatcher encoded it (a JSON array of
 ``{"id", "message"}``), or ``[]``. Batches already queued when the first one arrives
-are spliced into the same answer, still without decoding them.
+are spliced into the same answer, still without decoding them, as long as the answer
+stays within the batch limits (bus_batch_max_notifications, bus_batch_max_bytes); the
+client's next poll, with the id of the last notification it got, continues exactly
+from there (the dispatcher replays in stream order).
 
 The I/O belongs to the transport: it passes `watch`, a callable that watches the
 client while the poll waits and calls `Poll.abandon()` when the client goes away
@@ -27,6 +30,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import ContextManager
 
+import orjson
+
+from rtbus.bus.delivery import Limits
 from rtbus.bus.mailbox import Mailbox
 from rtbus.errors import Overloaded
 
@@ -117,11 +123,13 @@ class LongPolls:
     """
 
     def __init__(self, dispatcher, *, timeout: float, max_polls: int,
-                 mailbox_max_bytes: int, clock: Callable[[], float] = time.monotonic):
+                 mailbox_max_bytes: int, limits: Limits = Limits(),
+                 clock: Callable[[], float] = time.monotonic):
         self.dispatcher = dispatcher
         self.timeout = float(timeout)
         self.max_polls = int(max_polls)
         self.mailbox_max_bytes = int(mailbox_max_bytes)
+        self.limits = limits
         self._clock = clock
         self._lock = threading.Lock()
         self._held: dict[int, Poll] = {}
@@ -136,7 +144,8 @@ class LongPolls:
     def from_config(cls, dispatcher, config) -> LongPolls:
         return cls(dispatcher, timeout=config.longpolling_timeout,
                    max_polls=config.longpolling_max_polls,
-                   mailbox_max_bytes=config.mailbox_max_bytes)
+                   mailbox_max_bytes=config.mailbox_max_bytes,
+                   limits=Limits(config.bus_batch_max_notifications, config.bus_batch_max_bytes))
 
     def wait(self, dbname: str, channels: Sequence[str], last: int, *,
              timeout: float | None = None, watch: Watch | None = None) -> PollResult:
@@ -156,7 +165,7 @@ class LongPolls:
                 first = poll.mailbox.get(self.timeout if timeout is None else timeout)
             if first is not None:
                 outcome = Outcome.DELIVERED
-                batch = merge_batches([first, *self._drain(poll.mailbox)])
+                batch = merge_batches([first, *self._drain(poll.mailbox, first)])
             else:
                 outcome = poll.outcome or Outcome.TIMEOUT
                 batch = EMPTY_BATCH
@@ -228,10 +237,22 @@ class LongPolls:
             self._last_refusal_log = now
             self._refused_since_log = 0
 
-    @staticmethod
-    def _drain(mailbox: Mailbox) -> list[bytes]:
-        """The batches queued behind the first one, without waiting."""
+    def _drain(self, mailbox: Mailbox, first: bytes) -> list[bytes]:
+        """The batches queued behind `first` that fit in the same answer, without waiting.
+
+        What does not fit is left behind: the poll ends, and the next one replays it.
+        """
         batches = []
-        while (batch := mailbox.get(0)) is not None:
-            batches.append(batch)
+        size = len(first)
+        count = None
+        while (batch := mailbox.peek()) is not None:
+            if size + len(batch) > self.limits.max_bytes:
+                break
+            if count is None:
+                count = len(orjson.loads(first))
+            more = len(orjson.loads(batch))
+            if count + more > self.limits.notifications:
+                break
+            batches.append(mailbox.get(0))
+            size, count = size + len(batch), count + more
         return batches

@@ -6,7 +6,10 @@
   later poll of a session without the mark (signed in or out meanwhile, or no cookie
   at all) is error 100, ``odoo.http.SessionExpiredException``, so the client starts
   over with a first poll. The channels follow the rules of every transport
-  (rtbus.bus.authorization).
+  (rtbus.bus.authorization). The notifications are those after the stream position
+  of ``last``, exactly as a websocket resuming with it gets them, at most
+  bus_batch_max_notifications / bus_batch_max_bytes per call: the client's next
+  peek with the id of the last one it got continues from there.
 - ``/websocket/on_closed`` → null; the signed-in user's presence goes offline.
 - ``/bus/has_missed_notifications`` ``{last_notification_id}`` → true when that
   row is gone (garbage-collected): the page missed notifications.
@@ -27,30 +30,13 @@ import orjson
 from werkzeug.wrappers import Request, Response
 
 from rtbus.bus.authorization import SubscribeContext, authorize
+from rtbus.bus import delivery, stream
 from rtbus.bus.dispatch import BACKLOG_SECONDS
 from rtbus.errors import ClientError, SessionExpired
 from rtbus.http.jsonrpc import InvalidParams, JsonRpcError, error_response, jsonrpc_route
 from rtbus.session import sid_from_cookie_header
 
 _logger = logging.getLogger(__name__)
-
-PEEK_MAX_NOTIFICATIONS = 10_000   # per call; the client continues from the last id it got
-
-# `last` 0, or above the highest id (a database restored or recreated), replays the
-# last BACKLOG_SECONDS; any other `last` reads what follows it. Both bounds are
-# computed once (init plans), so `id > ...` is an index condition on (channel, id).
-_PEEK_SQL = """
-WITH top AS MATERIALIZED (SELECT coalesce(max(id), 0) AS max_id FROM bus_bus)
-SELECT id, message FROM bus_bus
- WHERE channel = ANY(%(channels)s)
-   AND id > (SELECT CASE WHEN %(last)s <= max_id THEN %(last)s ELSE 0 END FROM top)
-   AND create_date >= (
-       SELECT CASE WHEN %(last)s > 0 AND %(last)s <= max_id THEN '-infinity'::timestamp
-              ELSE (now() at time zone 'utc') - %(backlog)s * interval '1 second' END
-         FROM top)
- ORDER BY id
- LIMIT %(limit)s
-"""
 
 _AUTOVACUUM_SQL = ("SELECT to_char(lastcall, 'YYYY-MM-DD HH24:MI:SS'),"
                    " to_char(nextcall, 'YYYY-MM-DD HH24:MI:SS')"
@@ -91,18 +77,29 @@ def peek_notifications(app, request: Request, *, channels, last=0, is_first_poll
 
 
 def _read_notifications(app, dbname: str, channels, last: int) -> list[dict]:
+    config = app.config
+    limits = delivery.Limits(config.bus_batch_max_notifications, config.bus_batch_max_bytes)
     with app.pool.connection(dbname) as conn:
-        with conn.cursor() as cur:
-            cur.execute(_PEEK_SQL, {"channels": list(channels), "last": last,
-                                    "backlog": BACKLOG_SECONDS, "limit": PEEK_MAX_NOTIFICATIONS})
-            rows = cur.fetchall()
-        conn.rollback()
-    notifications = []
-    for row_id, message in rows:
         try:
-            notifications.append({"id": row_id, "message": orjson.loads(message or "null")})
+            with conn.cursor() as cur:
+                # Record an epoch first, so that rows committed before this call are in
+                # the stream even when no dispatcher has woken since.
+                cur.execute("SET LOCAL synchronous_commit = off")
+                epoch, _, _ = stream.read_next(cur, None, BACKLOG_SECONDS)
+            conn.commit()
+            with conn.cursor() as cur:
+                page = stream.replay(cur, delivery.CatchUp.first(channels, last), epoch,
+                                     channels, BACKLOG_SECONDS, limits.notifications,
+                                     f" in database {dbname}")
+        finally:
+            conn.rollback()
+    pages = limits.pages(page.rows)
+    notifications = []
+    for row in pages[0] if pages else ():
+        try:
+            notifications.append({"id": row.id, "message": orjson.loads(row.blob)["message"]})
         except orjson.JSONDecodeError:
-            _logger.warning("bus_bus row %d in database %s is not JSON: skipped", row_id, dbname)
+            _logger.warning("bus_bus row %d in database %s is not JSON: skipped", row.id, dbname)
     return notifications
 
 
