@@ -26,6 +26,15 @@ DELETE FROM bus_bus WHERE id IN (
      FOR UPDATE SKIP LOCKED)
 """
 
+# The epochs of the bus stream are kept as long as the rows (the resume horizon),
+# the newest always: it is where every dispatcher's next read starts.
+_DELETE_EPOCHS = """
+DELETE FROM rtbus_bus_stream
+ WHERE create_date < (now() at time zone 'utc') - %(retention)s * interval '1 second'
+   AND epoch < (SELECT max(epoch) FROM rtbus_bus_stream)
+"""
+_DELETE_LATE = "DELETE FROM rtbus_bus_late WHERE epoch < (SELECT min(epoch) FROM rtbus_bus_stream)"
+
 _RECORD_RUN = """
 INSERT INTO rtbus_bus_gc (id, last_run, deleted_rows)
 VALUES (1, now() at time zone 'utc', %(deleted)s)
@@ -39,7 +48,8 @@ def collect_garbage(conn, retention_seconds: float, batch_size: int = DEFAULT_BA
 
     Deletes at most `batch_size` rows per transaction (committed each) and at most
     `max_batches` batches per call; a caller finding `batch_size * max_batches` rows
-    deleted should run again soon. Records the run in rtbus_bus_gc (see last_run()).
+    deleted should run again soon. The bus stream's epochs older than the retention go
+    too (all but the newest), and with them the exact resume of older `last` ids. Records the run in rtbus_bus_gc (see last_run()).
     `conn` must not be inside a transaction; it is left idle. Raises psycopg2 errors.
     """
     if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
@@ -56,6 +66,10 @@ def collect_garbage(conn, retention_seconds: float, batch_size: int = DEFAULT_BA
             deleted += count
             if count < batch_size:
                 break
+        with conn.cursor() as cur:
+            cur.execute(_DELETE_EPOCHS, {"retention": retention_seconds})
+            cur.execute(_DELETE_LATE)
+        conn.commit()
         with conn.cursor() as cur:
             cur.execute(_RECORD_RUN, {"deleted": deleted})
         conn.commit()

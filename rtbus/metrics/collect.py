@@ -136,6 +136,8 @@ def dispatcher_figures(dispatcher) -> dict:
         "rtbus_notifications_dispatched_total": stats["deliveries"],
         "rtbus_dispatch_batches_encoded_total": stats["batches_encoded"],
         "rtbus_mailbox_overflows_total": stats["overflows"],
+        "rtbus_dispatch_regressions_total": stats["regressions"],
+        "rtbus_dispatch_catchups": stats["catchups"],
         "rtbus_listen_connections": stats["listen_connections"],
         "rtbus_listen_outage": int(bool(stats["outage"])),
         "rtbus_listen_reconnects_total": stats["listen_reconnects"],

@@ -124,6 +124,10 @@ _FAMILIES = (
     Family("rtbus_dispatch_batches_encoded_total", "counter", "Distinct batches encoded."),
     Family("rtbus_mailbox_overflows_total", "counter",
            "Mailboxes that overflowed (their client is then dropped as a slow consumer)."),
+    Family("rtbus_dispatch_regressions_total", "counter",
+           "Times the bus stream went backwards (TRUNCATE ... RESTART IDENTITY, a sequence "
+           "reset, a restore) and restarted."),
+    Family("rtbus_dispatch_catchups", "gauge", "Subscribers still being caught up."),
     Family("rtbus_listen_connections", "gauge", "LISTEN connections up."),
     Family("rtbus_listen_outage", "gauge", "1 while a LISTEN connection is down and being retried."),
     Family("rtbus_listen_reconnects_total", "counter", "LISTEN outages that ended with a reconnect."),
