@@ -227,7 +227,8 @@
 
         storeLast(last) {
             try {
-                if (Number(last) > this.storedLast()) {
+                // The last one received (stream order), which is not always the highest.
+                if (Number(last) > 0) {
                     global.localStorage.setItem(this.lastKey(), String(last));
                 }
             } catch (error) {

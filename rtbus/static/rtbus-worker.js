@@ -162,7 +162,7 @@ class BusWorker {
                 message.options || {});
         }
         const last = Number(message.last) || 0;
-        if (last > this.last && !this.everConnected) {
+        if (last > 0 && this.last === 0 && !this.everConnected) {
             this.last = last;   // a browser restart: continue from what the tabs stored
         }
         const client = { id: message.clientId, port, channels: new Set(message.channels || []) };
@@ -511,9 +511,10 @@ class BusWorker {
             }
             const message = notification.message || {};
             fresh.push({ id, type: message.type, payload: message.payload });
-            if (id > this.last) {
-                this.last = id;
-            }
+            // The id of the last notification received, not the highest: the server
+            // sends in stream order, where a late commit follows higher ids, and maps
+            // this id back to its place in the stream when we resume with it.
+            this.last = id;
         }
         if (fresh.length) {
             this.broadcast({ type: "notifications", items: fresh, last: this.last });
