@@ -122,3 +122,38 @@ def test_last_zero_and_last_above_max_replay_the_window(db):
     assert [r[1] for r in replay(conn, e, old[0])] == new
     assert [r[1] for r in replay(conn, e, 0, limit=1)] == new[:1]
     assert [r[1] for r in replay(conn, e, new[0], epoch=e, window=True)] == new[1:]
+
+
+def test_a_process_behind_a_restart_gets_the_rows_since(db):
+    conn, connect = db
+    other = connect()
+    other.autocommit = True
+    e, _, _ = step(conn, None)
+    insert(conn, count=2)
+    e, _, _ = step(conn, e)
+    behind = e
+    with conn.cursor() as cur:
+        cur.execute("TRUNCATE bus_bus RESTART IDENTITY")
+    fresh = insert(conn)
+    e2, rows, regressed = step(conn, e)
+    assert regressed and [r[1] for r in rows] == fresh
+    e3, rows, regressed = step(other, behind)
+    assert regressed and [r[1] for r in rows] == fresh
+
+
+def test_gc_keeps_the_newest_epoch(db, bus_db, connections):
+    from rtbus.bus.gc import collect_garbage
+
+    conn, _ = db
+    e, _, _ = step(conn, None)
+    insert(conn)
+    e, _, _ = step(conn, e)
+    with conn.cursor() as cur:
+        cur.execute("UPDATE rtbus_bus_stream SET create_date = create_date - interval '2 days'")
+    collect_garbage(connections(bus_db), 86400)
+    with conn.cursor() as cur:
+        cur.execute("SELECT epoch FROM rtbus_bus_stream")
+        assert cur.fetchall() == [(e,)]
+    more = insert(conn)
+    e2, rows, _ = step(conn, e)
+    assert [r[1] for r in rows] == more

@@ -70,6 +70,7 @@ DECLARE
     have_prev boolean;
     top bigint;
     after_max bigint;
+    restarted boolean := false;
 BEGIN
     PERFORM pg_advisory_xact_lock(7526834122409276275);
     SELECT * INTO prev FROM rtbus_bus_stream s ORDER BY s.epoch DESC LIMIT 1;
@@ -102,8 +103,14 @@ BEGIN
     END IF;
     IF p_after IS NULL THEN
         p_after := prev.epoch + 1;     -- nothing to return, only advance
+    ELSIF p_after < (SELECT min(s.epoch) FROM rtbus_bus_stream s) THEN
+        -- Another caller restarted the stream since this one's last read: the same
+        -- as a regression seen here (the recent rows, from the base epoch on).
+        restarted := true;
+        p_after := (SELECT min(s.epoch) FROM rtbus_bus_stream s) - 1;
+        after_max := 0;
     END IF;
-    IF p_after < prev.epoch THEN
+    IF p_after < prev.epoch AND NOT restarted THEN
         -- Other processes recorded epochs since this caller's last read.
         after_max := coalesce(
             (SELECT s.max_id FROM rtbus_bus_stream s WHERE s.epoch <= p_after
@@ -126,7 +133,7 @@ BEGIN
         SELECT f.id, prev.epoch + 1 FROM fresh f WHERE f.id <= prev.max_id
     )
     SELECT coalesce((SELECT r.epoch FROM recorded r), prev.epoch), NULL::integer,
-           NULL::varchar, NULL::varchar, NULL::boolean, false
+           NULL::varchar, NULL::varchar, NULL::boolean, restarted
     UNION ALL
     SELECT prev.epoch + 1, f.id, f.channel, f.message,
            f.create_date >= (now() at time zone 'utc') - p_backlog * interval '1 second', false
@@ -138,7 +145,9 @@ BEGIN
      WHERE p_after < prev.epoch
        AND (b.id > after_max
             OR b.id IN (SELECT l.id FROM rtbus_bus_late l WHERE l.epoch > p_after))
-       AND coalesce(pg_visible_in_snapshot(b.xact, prev.snap), true);
+       AND coalesce(pg_visible_in_snapshot(b.xact, prev.snap), true)
+       AND (NOT restarted
+            OR b.create_date >= (now() at time zone 'utc') - p_backlog * interval '1 second');
 END
 $$;
 
