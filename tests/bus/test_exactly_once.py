@@ -46,7 +46,7 @@ def db(module_conn):
 def sendone(conn, payload) -> int:
     """Publish on ROOM from SQL in `conn`'s transaction (NOTIFY at commit); the new id."""
     with conn.cursor() as cur:
-        cur.execute("SELECT rtbus_sendone(%s, 'n', %s)", ('"room"', str(payload)))
+        cur.execute("SELECT rtbus_sendone(%s, 'n', %s)", ('"room"', json.dumps(payload)))
         return cur.fetchone()[0]
 
 
