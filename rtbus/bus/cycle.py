@@ -99,19 +99,20 @@ def deliver(wants: dict[Subscriber, list[Row]], limits: Limits, counters: dict,
     """
     if not wants:
         return
-    batches: dict[tuple[int, ...], tuple[bytes, list[int]]] = {}
+    # The same rows for many subscribers: cut into pages and encoded once.
+    batches: dict[tuple[int, ...], list[tuple[bytes, list[int], list[Row]]]] = {}
     for sub, rows in wants.items():
         mailbox = sub.mailbox
         if mailbox.overflowed or mailbox.closed:
             continue           # the transport is closing it; it will unsubscribe
-        for page in limits.pages(rows) if len(rows) > 1 else (rows,):
-            ids = [row.id for row in page]
-            signature = tuple(ids)
-            encoded = batches.get(signature)
-            if encoded is None:
-                encoded = batches[signature] = (delivery.encode(page), ids)
-                counters["batches_encoded"] += 1
-            if not mailbox.put(*encoded, since):
+        signature = tuple([row.id for row in rows])
+        encoded = batches.get(signature)
+        if encoded is None:
+            encoded = batches[signature] = [(delivery.encode(page), [row.id for row in page], page)
+                                            for page in limits.pages(rows)]
+            counters["batches_encoded"] += len(encoded)
+        for batch, ids, page in encoded:
+            if not mailbox.put(batch, ids, since):
                 if mailbox.overflowed:
                     counters["overflows"] += 1
                 break

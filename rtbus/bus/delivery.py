@@ -140,12 +140,17 @@ class Subscriber:
         self.delivered: Position = START               # the last row it was given
         self.catchup: CatchUp | None = None
 
-    def wants(self, rows: Sequence[Row]) -> list[Row]:
-        """The live `rows` (one channel's, in order) this subscriber has not had yet."""
-        floor = self.floor
-        if not rows or rows[0].position > floor:
-            return list(rows)
-        return [row for row in rows if row.position > floor]
+    def wants(self, rows: Sequence[Row]) -> Sequence[Row]:
+        """The live `rows` (one channel's, in order) this subscriber has not had yet.
+
+        Usually all of them, returned as is (the caller must not modify them).
+        """
+        floor_epoch, floor_id = self.floor
+        first = rows[0] if rows else None
+        if first is None or first.epoch > floor_epoch or (
+                first.epoch == floor_epoch and first.id > floor_id):
+            return rows
+        return [row for row in rows if (row.epoch, row.id) > self.floor]
 
     def given(self, rows: Sequence[Row]) -> None:
         """Rows were put in its mailbox: move its cursor."""
@@ -210,12 +215,13 @@ def fan_out(subscribers_by_channel, rows: Sequence[Row]) -> dict[Subscriber, lis
     for channel, channel_rows in by_channel.items():
         for sub in subscribers_by_channel.get(channel, ()):
             mine = sub.wants(channel_rows)
-            if mine:
-                wants.setdefault(sub, []).extend(mine)
-    if len(by_channel) > 1:
-        for sub, mine in wants.items():
-            if len(mine) > 1:
-                mine.sort(key=by_position)
+            if not mine:
+                continue
+            had = wants.get(sub)
+            if had is None:
+                wants[sub] = mine           # shared, never modified: see below
+            else:
+                wants[sub] = sorted([*had, *mine], key=by_position)
     return wants
 
 

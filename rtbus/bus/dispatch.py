@@ -16,11 +16,10 @@ the rows that became visible since this dispatcher's previous epoch, each with i
 stream position (epoch, id); see rtbus.db migration 0006 and docs/architecture.md.
 rtbus.bus.cycle groups them by subscriber and encodes each distinct batch once.
 
-Which rows a subscriber gets, and how its cursor moves, is rtbus.bus.delivery's job
-(no I/O there): a new subscriber is first caught up with a replay after the position
-of its `last` (rtbus_bus_replay(), keyset-paged by `Limits`), then joins the live rows.
-There is no time window: a transaction that commits minutes after higher ids were
-delivered is delivered when it commits, and never twice.
+What a subscriber gets and how its cursor moves is rtbus.bus.delivery's job (no I/O):
+it is caught up after the position of its `last` (rtbus_bus_replay(), paged by
+`Limits`), then gets the live rows. No time window: a late commit is delivered when
+it commits, and never twice.
 """
 
 from __future__ import annotations
@@ -445,7 +444,7 @@ class ImDispatch:
         db = self._dbs[request.dbname]
         for channel in sub.channels - request.channels:
             db.unregister(channel, sub)
-        # Registration of added channels waits for their catch-up, read in a cycle.
+        # Added channels are registered when their catch-up, read in a cycle, completes.
         catchup = delivery.start_catchup(sub, request.channels, request.last)
         if catchup is not None:
             db.catchups[sub] = catchup
@@ -487,17 +486,18 @@ class ImDispatch:
                       self.limits, self._counters)
 
     def _count_query(self, rows: int, catchup: bool = False) -> None:
-        counters, counters["queries"] = self._counters, self._counters["queries"] + 1
+        counters = self._counters
+        counters["queries"] += 1
         counters["catchup_queries" if catchup else "live_queries"] += 1
         counters["rows_fetched"] += rows
 
     def _regressed(self, db: Database, epoch: int) -> None:
         self._counters["regressions"] += 1
+        subs = [sub for sub in self._subs.values() if sub.dbname == db.name]
         logger.warning("ImDispatch: the bus stream of database %s went backwards (bus_bus "
                        "truncated with RESTART IDENTITY, sequence reset or restore): it "
-                       "restarts at epoch %d; %d subscriber(s) carry on", db.name, epoch,
-                       sum(1 for sub in self._subs.values() if sub.dbname == db.name))
-        delivery.restart([sub for sub in self._subs.values() if sub.dbname == db.name], epoch)
+                       "restarts at epoch %d; %d subscriber(s) carry on", db.name, epoch, len(subs))
+        delivery.restart(subs, epoch)
 
     # -- connections and outages ----------------------------------------------------------------
 
