@@ -137,7 +137,7 @@ class Subscriber:
         self.mailbox = mailbox
         self.channels: frozenset[str] = frozenset()   # live channels
         self.floor: Position = START                   # it has everything up to here
-        self.delivered: Position = START               # the last row it was given
+        self.delivered: Position = START               # the last row it was given (or its `last`)
         self.catchup: CatchUp | None = None
 
     def wants(self, rows: Sequence[Row]) -> Sequence[Row]:
@@ -180,7 +180,8 @@ def start_catchup(sub: Subscriber, channels: frozenset[str], last: int) -> Catch
     if sub.floor == START and sub.delivered == START:
         sub.catchup = CatchUp.first(added, last)
     elif added:
-        sub.catchup = CatchUp(added, sub.delivered)
+        # Nothing delivered yet and no `last` adopted: the window, as for `last` 0.
+        sub.catchup = CatchUp(added, sub.delivered, window=sub.delivered == START)
     return sub.catchup
 
 
@@ -200,6 +201,8 @@ def finish_page(sub: Subscriber, catchup: CatchUp, page: Replayed, epoch: int,
     else:
         catchup.position = page.end or page.start
     if page.complete and len(pages) <= 1:
+        if catchup.adopt and page.start[0] >= 0 and page.start > sub.delivered:
+            sub.delivered = page.start       # channels added later catch up from `last`
         sub.catchup = None
         sub.channels |= catchup.channels
         sub.floor = max(sub.floor, page.start, catchup.position, after_epoch(epoch))

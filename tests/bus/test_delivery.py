@@ -62,6 +62,15 @@ def test_the_first_subscribe_adopts_last_later_ones_catch_up_added_channels():
     s.given([row(8, 50, "a")])
     added = delivery.start_catchup(s, frozenset({"a", "b"}), 99)
     assert added.channels == {"b"} and added.position == (8, 50) and not added.adopt
+    # Its adopted `last` counts as delivered for channels added later.
+    other = sub("o")
+    adopted = delivery.start_catchup(other, frozenset({"a"}), 42)
+    delivery.finish_page(other, adopted, Replayed((5, 42), False, [], None, True), 7, Limits())
+    assert delivery.start_catchup(other, frozenset({"a", "b"}), 0).position == (5, 42)
+    fresh = sub("f")
+    delivery.finish_page(fresh, delivery.start_catchup(fresh, frozenset({"a"}), 0),
+                         Replayed((-1, 0), True, [], None, True), 7, Limits())
+    assert delivery.start_catchup(fresh, frozenset({"a", "b"}), 0).window
     # Dropping a channel drops it from the pending catch-up too.
     delivery.start_catchup(s, frozenset({"a"}), 0)
     assert s.catchup.channels == set()
