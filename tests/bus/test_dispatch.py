@@ -318,6 +318,21 @@ def test_last_zero_replays_the_last_50_seconds(bus_db, connections, make_dispatc
     assert inbox.settle() and inbox.ids == [recent]
 
 
+def test_last_zero_skips_an_old_row_the_live_read_of_the_same_cycle_finds(
+        bus_db, connections, make_dispatch, publisher):
+    dispatch = make_dispatch([bus_db])
+    conn = connections(bus_db)
+    with conn.cursor() as cur:       # committed without NOTIFY, stamped two minutes ago
+        cur.execute("INSERT INTO bus_bus (channel, message, create_date) VALUES"
+                    " (%s, '{\"type\":\"t\",\"payload\":\"old\"}',"
+                    " (now() at time zone 'utc') - interval '120 seconds')", (encode(bus_db, "a"),))
+    conn.commit()
+    inbox = Inbox()
+    dispatch.subscribe("s", bus_db, [encode(bus_db, "a")], 0, inbox.mailbox)
+    (recent,) = publish(publisher, conn, bus_db, ("a", "t", "recent"))
+    assert inbox.wait(1) and inbox.settle() and inbox.ids == [recent]
+
+
 def test_last_is_adopted_once_and_resubscribe_replaces_channels(bus_db, connections,
                                                                 make_dispatch, publisher):
     conn = connections(bus_db)
