@@ -157,3 +157,35 @@ def test_gc_keeps_the_newest_epoch(db, bus_db, connections):
     more = insert(conn)
     e2, rows, _ = step(conn, e)
     assert [r[1] for r in rows] == more
+
+
+def test_epochs_going_backwards_restart_the_stream(db):
+    conn, _ = db
+    e, _, _ = step(conn, None)
+    insert(conn)
+    e, _, _ = step(conn, e)
+    with conn.cursor() as cur:           # the stream table restored from an older dump
+        cur.execute("TRUNCATE rtbus_bus_stream, rtbus_bus_late")
+    e0, _, _ = step(conn, None)
+    fresh = insert(conn)
+    e2, rows, regressed = step(conn, e + 5)
+    assert regressed and fresh[0] in [r[1] for r in rows]
+
+
+def test_a_last_older_than_the_horizon_falls_back_to_ids(db):
+    conn, connect = db
+    e, _, _ = step(conn, None)
+    slow = connect()
+    (late,) = insert(slow)
+    early = insert(conn, count=2)
+    e, _, _ = step(conn, e)
+    slow.commit()
+    e, _, _ = step(conn, e)
+    more = insert(conn)
+    e, _, _ = step(conn, e)
+    with conn.cursor() as cur:           # the GC took the epochs that placed early and late
+        cur.execute("DELETE FROM rtbus_bus_stream WHERE epoch < %s", (e,))
+        cur.execute("DELETE FROM rtbus_bus_late")
+    # Exact positions are gone: "every id above last", the rule of pre-migration rows.
+    assert [r[1] for r in replay(conn, e, early[0])] == [early[1], *more]
+    assert [r[1] for r in replay(conn, e, late)] == [*early, *more]
