@@ -186,6 +186,9 @@ class SessionGuard:
         self.pool = pool
         self.budget = budget
         self._keys: dict[str, bytes] = {}
+        # One reader per process: a flood's first requests, all at once, would otherwise
+        # each borrow a connection for the same row and drain a small pool (503s).
+        self._key_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, pool, config) -> SessionGuard:
@@ -202,14 +205,19 @@ class SessionGuard:
 
     def _key(self, dbname: str) -> bytes:
         key = self._keys.get(dbname)
-        if key is None:
-            with self.pool.connection(dbname) as conn:
-                with conn.cursor() as cur:
-                    cur.execute(_SECRET_SQL)
-                    row = cur.fetchone()
-                conn.rollback()
-            if row is None:
-                raise SchemaError(f"database {dbname} has no rtbus_session_secret row "
-                                   f"(migration 0005 did not run?)")
-            key = self._keys.setdefault(dbname, bytes(row[0]))
+        if key is not None:
+            return key
+        with self._key_lock:
+            return self._keys.get(dbname) or self._read_key(dbname)
+
+    def _read_key(self, dbname: str) -> bytes:
+        with self.pool.connection(dbname) as conn:
+            with conn.cursor() as cur:
+                cur.execute(_SECRET_SQL)
+                row = cur.fetchone()
+            conn.rollback()
+        if row is None:
+            raise SchemaError(f"database {dbname} has no rtbus_session_secret row "
+                              f"(migration 0005 did not run?)")
+        key = self._keys[dbname] = bytes(row[0])
         return key

@@ -364,3 +364,39 @@ def test_gc_deletes_expired_sessions_only(conn, pool, db):
 ])
 def test_sid_from_cookie_header(source, expected):
     assert sid_from_cookie_header(source) == expected
+
+
+def test_the_mac_key_is_read_once_however_many_first_requests_arrive_together(pg_cluster, db):
+    """A flood's first requests all reach the guard before its key is known: one of them
+    reads it, the others wait for that read instead of each borrowing a connection."""
+    from rtbus.session_guard import SIGNED_SID_LENGTH, SID_PREFIX, LookupBudget, SessionGuard
+
+    kwargs = pg_cluster.connect_kwargs()
+    del kwargs["dbname"]
+    pool = ConnectionPool("test-key-once", 1, kwargs, timeout=5)
+    borrowed = []
+
+    class Counting:
+        def connection(self, dbname):
+            borrowed.append(dbname)
+            return pool.connection(dbname)
+
+    guard = SessionGuard(Counting(), LookupBudget(0, 0))
+    forged = SID_PREFIX + "A" * (SIGNED_SID_LENGTH - len(SID_PREFIX))
+    start = threading.Barrier(20)
+    answers = []
+
+    def first_request():
+        start.wait()
+        answers.append(guard.signed(db, forged))
+
+    threads = [threading.Thread(target=first_request) for _ in range(20)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        pool.close_all()
+    assert answers == [False] * 20
+    assert borrowed == [db]
