@@ -565,3 +565,12 @@ def test_main_prints_documents(capsys):
     assert capsys.readouterr().out == render_markdown()
     assert render.main(["--sample-conf"]) == 0
     assert capsys.readouterr().out == render_sample_conf()
+
+
+def test_gevent_workers_takes_a_count_or_auto():
+    assert load(["--gevent-workers", "3"]).gevent_workers == "3"
+    assert load(["--gevent-workers", "auto"]).gevent_workers == "auto"
+    assert load([]).gevent_workers == "1"
+    for bad in ("0", "two", "-1"):
+        assert "expected a string that is a whole number >= 1 or auto" in config_error(
+            ["--gevent-workers", bad])

@@ -9,8 +9,8 @@ from types import MappingProxyType
 from typing import Mapping
 
 from rtbus.errors import ConfigError
-from rtbus.config.values import (COUNT, MIB, PORT, TIMEOUT, Fallback, Range, Setting, SqlIdentifier,
-                                in_section)
+from rtbus.config.values import (COUNT, MIB, PORT, TIMEOUT, CountOrAuto, Fallback, Range, Setting,
+                                SqlIdentifier, in_section)
 
 SETTINGS: tuple[Setting, ...] = (
     *in_section(
@@ -36,6 +36,11 @@ SETTINGS: tuple[Setting, ...] = (
                 aliases=("longpolling_port",), metavar="PORT", help=(
             "TCP port of the gevent process that serves /websocket and /longpolling in prefork "
             "mode; 0 picks a free port.")),
+        Setting("gevent_workers", "str", "1", check=CountOrAuto(), flags=("--gevent-workers",),
+                help=(
+            "Number of gevent processes serving gevent_port in prefork mode, each with its own "
+            "dispatcher, pool and LISTEN connection; auto starts one per CPU core. Above 1 they "
+            "listen with SO_REUSEPORT where the kernel has it (else they share one socket).")),
         Setting("proxy_mode", "bool", False, flags=("--proxy-mode",), help=(
             "Trust the X-Forwarded-For, X-Forwarded-Host and X-Forwarded-Proto headers of a "
             "reverse proxy; enable it only behind one, as clients could otherwise forge them.")),

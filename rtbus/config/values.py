@@ -52,6 +52,20 @@ class SqlIdentifier:
         return "that is an SQL identifier, optionally schema-qualified (schema.name)"
 
 
+@dataclasses.dataclass(frozen=True)
+class CountOrAuto:
+    """A whole number of at least `low`, or the word ``auto``."""
+
+    low: int = 1
+
+    def accepts(self, value: Any) -> bool:
+        text = str(value).strip().lower()
+        return text == "auto" or (text.isdigit() and int(text) >= self.low)
+
+    def describe(self) -> str:
+        return f"that is a whole number >= {self.low} or auto"
+
+
 PORT = Range(0, 65535)
 COUNT = Range(0)
 TIMEOUT = Range(0)

@@ -8,9 +8,9 @@ sum is checked at start-up and printed by `rtbus-server budget`:
     kind                     count x each = total
     HTTP workers             workers x min(db_maxconn, 2)    (workers > 0)
     single process           1 x db_maxconn_gevent (effective) (workers = 0)
-    gevent process           1 x db_maxconn_gevent (effective) (workers > 0)
+    gevent workers           gevent_workers x db_maxconn_gevent (effective) (workers > 0)
     cron workers             max_cron_threads x 2
-    LISTEN (ImDispatch)      1 x |{imbus_db_name} U served databases|
+    LISTEN (ImDispatch)      one per evented process x |{imbus_db_name} U served databases|
     NOTIFY (after commit)    one per publishing process
     master                   0 (one transient connection at start-up, released)
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 from rtbus.db.connect import served_databases
+from rtbus.service.kinds import gevent_worker_count
 
 CRON_CONNECTIONS_EACH = 2    # one holds the job's lock, the other runs the job
 # An HTTP worker serves one request at a time and a request uses one connection:
@@ -91,7 +92,7 @@ class Budget:
             return (f"ok: rtbus may open up to {self.total} connections and PostgreSQL has "
                     f"{self.available} available ({self.available - self.total} to spare).")
         return (f"over budget: rtbus may open up to {self.total} connections but PostgreSQL has "
-                f"only {self.available} available; lower workers, db_maxconn, "
+                f"only {self.available} available; lower workers, gevent_workers, db_maxconn, "
                 f"db_maxconn_gevent or max_cron_threads, or raise max_connections.")
 
     def format_table(self) -> str:
@@ -148,11 +149,14 @@ def compute_budget(config, server: ServerInfo) -> Budget:
     listen_dbs = listen_databases(config)
     served = served_databases(config)
     rows = []
+    evented = 1
     if workers > 0:
+        evented = gevent_worker_count(config)
         rows.append(BudgetRow("HTTP workers", workers, pool_size(config, "http"),
                               "one request at a time; db_maxconn caps it"))
-        rows.append(BudgetRow("gevent process", 1, gevent_pool, "db_maxconn_gevent"))
-        publishers = workers + 1 + crons
+        rows.append(BudgetRow("gevent workers" if evented > 1 else "gevent process", evented,
+                              gevent_pool, "db_maxconn_gevent"))
+        publishers = workers + evented + crons
     else:
         rows.append(BudgetRow("single process", 1, gevent_pool,
                               "db_maxconn_gevent (workers=0)"))
@@ -160,8 +164,8 @@ def compute_budget(config, server: ServerInfo) -> Budget:
     if crons:
         rows.append(BudgetRow("cron workers" if workers > 0 else "cron greenlet", crons if workers > 0 else 1,
                               pool_size(config, "cron"), "own pool of 2"))
-    rows.append(BudgetRow("LISTEN (ImDispatch)", 1, len(listen_dbs),
-                          "databases: " + ", ".join(listen_dbs)))
+    rows.append(BudgetRow("LISTEN (ImDispatch)", evented, len(listen_dbs),
+                          "one per evented process; databases: " + ", ".join(listen_dbs)))
     # A publisher whose own database is the imbus database NOTIFYs on its own connection.
     notify_each = 0 if served == [config.imbus_db_name] else 1
     rows.append(BudgetRow("NOTIFY (after commit)", publishers, notify_each,

@@ -1,7 +1,8 @@
 """Snapshots → the Prometheus text exposition format (version 0.0.4).
 
 Each sample is labelled with the process it comes from (``process="gevent-4242"``)
-and its kind (``kind="gevent"``), plus the family's own label if it has one.
+and its kind (``kind="gevent"``), a gevent worker's also with its number
+(``worker="1"``, stable across respawns), plus the family's own label if it has one.
 No cross-process totals are emitted: they would be counted twice by any
 ``sum()`` over the family. Aggregate in PromQL instead, e.g.
 ``sum without (process) (rate(rtbus_notifications_dispatched_total[5m]))``.
@@ -47,6 +48,8 @@ def render(snapshots: list[dict]) -> str:
         for snapshot in snapshots:
             kind = snapshot.get("kind", "?")
             base = [("process", f"{kind}-{snapshot.get('pid', '?')}"), ("kind", kind)]
+            if snapshot.get("worker") is not None:
+                base.append(("worker", snapshot["worker"]))
             if family.name == "rtbus_process_start_time_seconds":
                 value = snapshot.get("started")
             else:

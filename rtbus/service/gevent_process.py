@@ -42,7 +42,7 @@ class EventedServer:
     """One evented process; `run()` blocks until it stops and returns the exit code."""
 
     def __init__(self, config, *, mode: str, listener=None, heartbeat: HeartbeatWriter | None = None,
-                 master_pid: int | None = None):
+                 master_pid: int | None = None, worker: int = 0):
         if mode not in ("gevent", "single"):
             raise ValueError(f"unknown mode {mode!r}")
         self.config = config
@@ -50,6 +50,7 @@ class EventedServer:
         self.listener = listener
         self.heartbeat = heartbeat
         self.master_pid = master_pid
+        self.worker = worker            # its number among the gevent workers (metrics label)
         self.stop_hooks: list = []      # callables run first on a graceful stop
         self._stopping = gevent.event.Event()
         self._fast = False
@@ -65,7 +66,7 @@ class EventedServer:
     # -- lifecycle -------------------------------------------------------
     def run(self) -> int:
         config = self.config
-        process.set_title("rtbus: gevent" if self.mode == "gevent" else "rtbus: single")
+        process.set_title(f"rtbus: gevent {self.worker}" if self.mode == "gevent" else "rtbus: single")
         process.raise_open_files_limit()
         process.set_memory_hard_limit(config.effective("limit_memory_hard_gevent"))
         if self.mode == "single":
@@ -129,7 +130,8 @@ class EventedServer:
         self.server.start()
         host, port = self.listener.getsockname()[:2]
         if self.mode == "gevent":
-            _logger.info("evented service (longpolling) running on %s:%d", host, port)
+            _logger.info("evented service (longpolling) running on %s:%d (gevent worker %d, pid %d)",
+                         host, port, self.worker, os.getpid())
             gevent.spawn(self._heartbeat_loop)
         else:
             _logger.info("rtbus single process %d serving every route on %s:%d", os.getpid(), host, port)
@@ -153,7 +155,9 @@ class EventedServer:
 
         if not self.config.runtime_dir:
             return None
-        return SnapshotWriter(self.config.runtime_dir, self.mode, lambda: collect.evented_figures(self))
+        extra = (lambda: {"worker": self.worker}) if self.mode == "gevent" else None
+        return SnapshotWriter(self.config.runtime_dir, self.mode, lambda: collect.evented_figures(self),
+                              extra=extra)
 
     def _make_hub(self):
         from rtbus.websocket.hub import Hub, WebsocketSettings
@@ -271,6 +275,7 @@ def main(argv: list[str]) -> int:
 
     mode = argv[0] if argv else "gevent"
     fds = _child_fds()
+    worker = int(os.environ.pop("RTBUS_GEVENT_WORKER", "0") or 0)
     try:
         config = Config.from_json(_read_all(fds["config"]))
     except (KeyError, OSError, ValueError, ConfigError) as exc:
@@ -285,7 +290,8 @@ def main(argv: list[str]) -> int:
         listener = socket.socket(fileno=fds["listen"])
         listener.setblocking(False)
         server = EventedServer(config, mode="gevent", listener=listener,
-                               heartbeat=HeartbeatWriter(fds["heartbeat"]), master_pid=os.getppid())
+                               heartbeat=HeartbeatWriter(fds["heartbeat"]), master_pid=os.getppid(),
+                               worker=worker)
     try:
         return server.run()
     except StartupError as exc:

@@ -1,17 +1,25 @@
 """The prefork master: spawns, supervises, recycles and respawns the children.
 
-Children: ``workers`` HTTP workers (forked, sharing the HTTP socket), exactly
-one gevent process on the longpolling port (fork + exec of a fresh
-interpreter, so gevent patches before anything is imported) and
-``max_cron_threads`` cron workers (forked).
+Children (see `rtbus.service.kinds`): ``workers`` HTTP workers (forked, sharing
+the HTTP socket), ``gevent_workers`` gevent processes on the longpolling port
+(fork + exec of a fresh interpreter, so gevent patches before anything is
+imported) and ``max_cron_threads`` cron workers (forked).
+
+With one gevent worker it inherits the master's listening socket, as in Odoo.
+With more, and a kernel that has SO_REUSEPORT, the master only binds the port
+(without listening) and gives each gevent worker a listening socket of its own
+on it, so the kernel spreads connections and a worker that stops takes its socket
+away: new clients go to the others. Without SO_REUSEPORT they share one socket.
 
 Signal handlers only queue the signal and wake the loop; the loop handles
 them one by one, reaps children, kills the ones whose heartbeat stopped, and
 tops the population up:
 
-- INT, TERM: graceful stop (children finish what they do, websockets get 1001);
-  a second one stops fast (SIGKILL).  QUIT: fast stop.
-- HUP: re-read the configuration and replace every child, keeping the sockets.
+- INT, TERM: graceful stop (children finish what they do, websockets get 1001;
+  gevent workers one after the other); a second one stops fast (SIGKILL).
+  QUIT: fast stop.
+- HUP: re-read the configuration and replace every child, keeping the sockets
+  (the old gevent workers drain one at a time once their successors run).
 - TTIN / TTOU: one HTTP worker more / less.
 - CHLD: wake up and reap.
 """
@@ -31,7 +39,8 @@ from rtbus.errors import ConfigError, StartupError
 from rtbus.log import setup_logging
 from rtbus.service import process
 from rtbus.service.heartbeat import HeartbeatReader, HeartbeatWriter
-from rtbus.service.sockets import bind_listener, describe
+from rtbus.service.kinds import KINDS, gevent_worker_count
+from rtbus.service.sockets import bind_listener, describe, reuseport_available
 
 _logger = logging.getLogger(__name__)
 
@@ -41,7 +50,6 @@ BOOT_BACKOFF_FIRST = 0.5    # delay before respawning a child that died at boot.
 BOOT_BACKOFF_MAX = 30.0     # ...doubling up to this
 FAST_STOP_GRACE = 5.0       # seconds to reap children after SIGKILL
 
-KIND_TITLES = {"http": "http worker", "gevent": "gevent process", "cron": "cron worker"}
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 
@@ -55,12 +63,13 @@ class Child:
     heartbeat: HeartbeatReader
     spawned_at: float
     generation: int
+    slot: int = 0                         # its number among the live children of its kind
     stop_requested: float | None = None   # when the master asked it to stop
     killed_because: str | None = None     # why the master SIGKILLed it
 
     @property
     def title(self) -> str:
-        return KIND_TITLES[self.kind]
+        return KINDS[self.kind].title
 
 
 class Master:
@@ -82,7 +91,10 @@ class Master:
         self._boot_failures: collections.Counter = collections.Counter()
         self._respawn_after: dict[str, float] = {}
         self.http_socket = None
-        self.gevent_socket = None
+        self.gevent_socket = None     # listening, or only bound when each worker has its own
+        self.gevent_reuseport = False
+        self._drain_queue: collections.deque[int] = collections.deque()
+        self._draining: int | None = None
         self.runtime_dir: str | None = None
         self._runtime_default = not config.runtime_dir
         self._snapshots = None
@@ -96,12 +108,19 @@ class Master:
                               f"the longpolling port must differ from the HTTP port")
         self.http_socket = bind_listener(config.http_interface, config.http_port, purpose="HTTP",
                                          backlog=max(64, 8 * self.population))
+        # Fixed for the master's life: a socket bound without SO_REUSEPORT cannot share
+        # its port with sockets that have it, so a HUP cannot switch between the two.
+        self.gevent_reuseport = gevent_worker_count(config) > 1 and reuseport_available()
         try:
-            self.gevent_socket = bind_listener(config.http_interface, config.gevent_port,
-                                               purpose="longpolling (gevent)")
+            self.gevent_socket = self._bind_gevent(config.gevent_port)
         except StartupError:
             self.http_socket.close()
             raise
+
+    def _bind_gevent(self, port: int, *, own: bool = False):
+        """The master's longpolling socket, or (`own`) the listening socket of one worker."""
+        return bind_listener(self.config.http_interface, port, purpose="longpolling (gevent)",
+                             reuseport=self.gevent_reuseport, listen=own or not self.gevent_reuseport)
 
     def run(self) -> int:
         if self.http_socket is None:
@@ -111,16 +130,21 @@ class Master:
         self._preload()
         self._install_signals()
         self._write_pidfile()
-        _logger.info("rtbus %s master %d: HTTP on %s with %d workers, longpolling on %s, %d cron workers",
+        gevent_workers = gevent_worker_count(self.config)
+        _logger.info("rtbus %s master %d: HTTP on %s with %d workers, longpolling on %s "
+                     "with %d gevent workers%s, %d cron workers",
                      _version(), os.getpid(), describe(self.http_socket), self.population,
-                     describe(self.gevent_socket), self.config.max_cron_threads)
+                     describe(self.gevent_socket), gevent_workers,
+                     " (SO_REUSEPORT)" if self.gevent_reuseport else "", self.config.max_cron_threads)
         try:
             while True:
                 self._handle_signals()
                 self._reap()
+                self._drain_next()
                 if self._stop_deadline is not None:
                     if not self.children:
                         break
+                    self._kill_unresponsive()
                     if time.monotonic() > self._stop_deadline:
                         self._kill_all("the graceful stop took longer than graceful_timeout")
                         self._stop_deadline = time.monotonic() + FAST_STOP_GRACE
@@ -233,11 +257,12 @@ class Master:
             if sock is not None:
                 sock.close()
         if graceful:
+            drained = sum(1 for c in self.children.values() if KINDS[c.kind].drains_one_at_a_time)
+            budget = self.config.graceful_timeout * max(1, drained)
             _logger.info("%s: stopping gracefully (%d children, up to %.0f s)",
-                         why, len(self.children), self.config.graceful_timeout)
-            for child in list(self.children.values()):
-                self._ask_to_stop(child)
-            self._stop_deadline = time.monotonic() + self.config.graceful_timeout
+                         why, len(self.children), budget)
+            self._stop_children(list(self.children.values()))
+            self._stop_deadline = time.monotonic() + budget
         else:
             _logger.info("%s: stopping fast", why)
             self._kill_all(why)
@@ -273,8 +298,7 @@ class Master:
                      len(self.children), self.generation)
         old = list(self.children.values())
         self._spawn_missing()
-        for child in old:
-            self._ask_to_stop(child)
+        self._stop_children(old)
 
     def _rebind(self, new) -> None:
         old = self.config
@@ -284,9 +308,13 @@ class Master:
             self.http_socket.close()
             self.http_socket = sock
         if (new.http_interface, new.gevent_port) != (old.http_interface, old.gevent_port):
-            sock = bind_listener(new.http_interface, new.gevent_port, purpose="longpolling (gevent)")
+            sock = bind_listener(new.http_interface, new.gevent_port, purpose="longpolling (gevent)",
+                                 reuseport=self.gevent_reuseport, listen=not self.gevent_reuseport)
             self.gevent_socket.close()
             self.gevent_socket = sock
+        if gevent_worker_count(new) > 1 and not self.gevent_reuseport and reuseport_available():
+            _logger.warning("SIGHUP: the %d gevent workers share one socket until a restart "
+                            "gives each its own (SO_REUSEPORT)", gevent_worker_count(new))
 
     # -- children --------------------------------------------------------
     def _live(self, kind: str) -> list[Child]:
@@ -297,12 +325,18 @@ class Master:
 
     def _spawn_missing(self) -> None:
         now = time.monotonic()
-        wanted = {"http": self.population, "gevent": 1, "cron": self.config.max_cron_threads}
-        for kind, count in wanted.items():
-            if now < self._respawn_after.get(kind, 0.0):
+        for kind in KINDS.values():
+            if now < self._respawn_after.get(kind.name, 0.0):
                 continue
-            for _ in range(count - len(self._live(kind))):
-                self._spawn(kind)
+            count = self.population if kind.name == "http" else kind.wanted(self.config)
+            taken = {child.slot for child in self._live(kind.name)}
+            for slot in [n for n in range(count) if n not in taken][:count - len(taken)]:
+                try:
+                    self._spawn(kind.name, slot)
+                except StartupError as exc:
+                    _logger.error("cannot start %s %d: %s", kind.title, slot, exc)
+                    self._respawn_after[kind.name] = now + BOOT_BACKOFF_MAX
+                    break
 
     def _retire_surplus(self) -> None:
         http = self._live("http")
@@ -310,9 +344,13 @@ class Master:
             _logger.info("retiring %s %d (%d wanted)", child.title, child.pid, self.population)
             self._ask_to_stop(child)
 
-    def _spawn(self, kind: str) -> None:
+    def _spawn(self, kind: str, slot: int = 0) -> None:
+        execs = KINDS[kind].execs
+        own_listener = None
+        if kind == "gevent" and self.gevent_reuseport:
+            own_listener = self._bind_gevent(self.gevent_socket.getsockname()[1], own=True)
         hb_r, hb_w = os.pipe()
-        payload = self.config.to_json() if kind == "gevent" else None
+        payload = self.config.to_json() if execs else None
         cfg_r = cfg_w = -1
         if payload is not None:
             cfg_r, cfg_w = os.pipe()
@@ -321,17 +359,19 @@ class Master:
             os.close(hb_r)
             if cfg_w >= 0:
                 os.close(cfg_w)
-            self._become_child(kind, hb_w, cfg_r)   # never returns
+            self._become_child(kind, slot, hb_w, cfg_r, own_listener)   # never returns
         os.close(hb_w)
+        if own_listener is not None:
+            own_listener.close()     # the worker's now: it leaves with it
         if payload is not None:
             os.close(cfg_r)
             _write_all(cfg_w, payload)
             os.close(cfg_w)
         now = time.monotonic()
-        self.children[pid] = Child(kind, pid, HeartbeatReader(hb_r, now), now, self.generation)
-        _logger.debug("spawned %s %d", KIND_TITLES[kind], pid)
+        self.children[pid] = Child(kind, pid, HeartbeatReader(hb_r, now), now, self.generation, slot)
+        _logger.debug("spawned %s %d (slot %d)", KINDS[kind].title, pid, slot)
 
-    def _become_child(self, kind: str, hb_w: int, cfg_r: int) -> None:
+    def _become_child(self, kind: str, slot: int, hb_w: int, cfg_r: int, own_listener) -> None:
         """Run in the forked child: turn into a worker, never return to the master's loop."""
         code = process.EXIT_WORKER_FATAL
         try:
@@ -344,7 +384,7 @@ class Master:
             master_pid = os.getppid()
             if kind == "gevent":
                 self.http_socket.close()
-                self._exec_gevent(hb_w, cfg_r)
+                self._exec_gevent(slot, hb_w, cfg_r, own_listener or self.gevent_socket)
             heartbeat = HeartbeatWriter(hb_w)
             if kind == "http":
                 from rtbus.service.http_worker import HttpWorker
@@ -358,16 +398,42 @@ class Master:
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else process.EXIT_WORKER_FATAL
         except BaseException:
-            _logger.exception("%s %d crashed", KIND_TITLES[kind], os.getpid())
+            _logger.exception("%s %d crashed", KINDS[kind].title, os.getpid())
             code = 1
         finally:
             for handler in logging.getLogger().handlers:
                 handler.flush()
             os._exit(code)
 
-    def _exec_gevent(self, hb_w: int, cfg_r: int) -> None:
-        process.exec_evented("gevent", {"listen": self.gevent_socket.fileno(), "heartbeat": hb_w,
-                                        "config": cfg_r})
+    def _exec_gevent(self, slot: int, hb_w: int, cfg_r: int, listener) -> None:
+        process.exec_evented("gevent", {"listen": listener.fileno(), "heartbeat": hb_w,
+                                        "config": cfg_r}, worker=slot)
+
+    def _stop_children(self, children: list[Child]) -> None:
+        """Ask `children` to stop: at once, or (the evented kinds) queued to leave one by one."""
+        for child in sorted(children, key=lambda c: c.spawned_at):
+            if KINDS[child.kind].drains_one_at_a_time:
+                self._drain_queue.append(child.pid)
+            else:
+                self._ask_to_stop(child)
+        self._drain_next()
+
+    def _drain_next(self) -> None:
+        """Ask the next queued child to stop once the previous one is gone.
+
+        Its clients reconnect to the workers still running: one worker's share of
+        websockets at a time (closed in batches by the worker itself), never all.
+        """
+        while self._draining is None or self._draining not in self.children:
+            self._draining = None
+            if not self._drain_queue:
+                return
+            child = self.children.get(self._drain_queue.popleft())
+            if child is not None and child.killed_because is None:
+                self._draining = child.pid
+                _logger.info("draining %s %d (%d more queued)", child.title, child.pid,
+                             len(self._drain_queue))
+                self._ask_to_stop(child)
 
     def _ask_to_stop(self, child: Child) -> None:
         if child.stop_requested is None:
@@ -386,14 +452,6 @@ class Master:
         for child in list(self.children.values()):
             self._kill(child, reason)
 
-    def _timeout(self, kind: str) -> float:
-        config = self.config
-        if kind == "http":
-            return config.limit_time_real
-        if kind == "cron":
-            return config.effective("limit_time_real_cron")
-        return config.gevent_watchdog_timeout
-
     def _kill_unresponsive(self) -> None:
         now = time.monotonic()
         for child in list(self.children.values()):
@@ -405,7 +463,7 @@ class Master:
                                     child.title, child.pid, self.config.graceful_timeout)
                     self._kill(child, "graceful_timeout exceeded", "graceful_timeout")
                 continue
-            limit = self._timeout(child.kind)
+            limit = KINDS[child.kind].silence_limit(self.config)
             state = child.heartbeat.state
             silent = now - state.last_seen
             if not limit or limit <= 0 or silent <= limit:
@@ -418,7 +476,7 @@ class Master:
                 key = "gevent_watchdog_timeout"
                 reason = f"gevent_watchdog_timeout ({limit:g} s) exceeded: event loop blocked for {silent:.1f} s"
             else:
-                key = "heartbeat_timeout"
+                key = KINDS[child.kind].silence_reason
                 reason = f"no heartbeat for {silent:.1f} s (limit {limit:g} s)"
             _logger.error("%s %d killed: %s", child.title, child.pid, reason)
             self._kill(child, reason, key)
@@ -494,7 +552,7 @@ class Master:
         return [
             {"kind": c.kind, "pid": c.pid, "age": round(now - c.spawned_at, 1),
              "requests": c.heartbeat.state.requests, "request": c.heartbeat.state.request,
-             "rss": process.resident_memory(c.pid), "generation": c.generation}
+             "rss": process.resident_memory(c.pid), "generation": c.generation, "slot": c.slot}
             for c in sorted(self.children.values(), key=lambda c: (c.kind, c.spawned_at))
         ]
 

@@ -97,11 +97,12 @@ def process_age(pid: int) -> float | None:
     return up - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
-def exec_evented(mode: str, fds: dict[str, int]) -> None:
+def exec_evented(mode: str, fds: dict[str, int], worker: int = 0) -> None:
     """Replace this process by ``python -m rtbus.service.evented MODE``; never returns.
 
     `fds` ({"config": fd, "listen": fd, ...}) are made inheritable and named to the
-    new interpreter in RTBUS_CHILD_FDS. The package's own directory goes first on
+    new interpreter in RTBUS_CHILD_FDS; `worker` (its number among the gevent
+    workers) in RTBUS_GEVENT_WORKER. The package's own directory goes first on
     PYTHONPATH, so a source checkout runs the same code as the parent.
     """
     import rtbus
@@ -110,6 +111,7 @@ def exec_evented(mode: str, fds: dict[str, int]) -> None:
         os.set_inheritable(fd, True)
     env = dict(os.environ)
     env["RTBUS_CHILD_FDS"] = ",".join(f"{name}={fd}" for name, fd in fds.items())
+    env["RTBUS_GEVENT_WORKER"] = str(worker)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(rtbus.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     sys.stdout.flush()

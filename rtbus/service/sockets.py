@@ -8,10 +8,30 @@ import socket
 from rtbus.errors import StartupError
 
 
-def bind_listener(interface: str, port: int, *, purpose: str, backlog: int = 1024) -> socket.socket:
+def reuseport_available() -> bool:
+    """Whether this kernel lets several sockets listen on one port (SO_REUSEPORT)."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return False
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def bind_listener(interface: str, port: int, *, purpose: str, backlog: int = 1024,
+                  reuseport: bool = False, listen: bool = True) -> socket.socket:
     """Bind and listen on `interface`:`port`; the socket is non-blocking.
 
     Forked children share it; an exec'd child gets it only when made inheritable for it.
+    With `reuseport`, SO_REUSEPORT is set before the bind, so other sockets of this
+    user that set it too can listen on the same port: the kernel then spreads new
+    connections over the listening ones (by a hash of the client's address and
+    port). With `listen` false the socket is only bound: it holds the port (and
+    learns it, for port 0) without taking a share of the connections.
 
     `purpose` names the service in the error an operator reads ("HTTP",
     "longpolling"). Port 0 binds a free port: read it back with getsockname().
@@ -21,8 +41,11 @@ def bind_listener(interface: str, port: int, *, purpose: str, backlog: int = 102
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((interface, port))
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:

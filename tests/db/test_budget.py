@@ -34,6 +34,29 @@ def test_prefork_deployment():
     assert budget.verdict == "over"
 
 
+def test_gevent_workers_each_count_their_pool_and_their_listen_connection():
+    budget = compute_budget(config("--workers", "4", "--gevent-workers", "3", "--db-maxconn-gevent", "20",
+                                   "--max-cron-threads", "1"), SERVER)
+    assert rows(budget)["gevent workers"] == (3, 20, 60)
+    assert rows(budget)["LISTEN (ImDispatch)"] == (3, 2, 6)         # one per worker, 2 databases
+    assert rows(budget)["NOTIFY (after commit)"] == (8, 1, 8)       # 4 HTTP + 3 gevent + 1 cron
+    assert budget.total == 4 * 2 + 60 + 2 + 6 + 8
+
+
+def test_gevent_workers_auto_is_one_per_core():
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    budget = compute_budget(config("--workers", "2", "--gevent-workers", "auto"), SERVER)
+    gevent_row = [row for row in budget.rows if row.kind.startswith("gevent")][0]
+    assert gevent_row.count == cores
+
+
+def test_single_mode_ignores_gevent_workers():
+    budget = compute_budget(config("--workers", "0", "--gevent-workers", "4"), SERVER)
+    assert rows(budget)["single process"][0] == 1 and rows(budget)["LISTEN (ImDispatch)"][0] == 1
+
+
 def test_defaults_fall_back_to_db_maxconn_for_gevent():
     budget = compute_budget(config("--workers", "2"), ServerInfo(500, 3, 0, 10))
     assert rows(budget)["gevent process"] == (1, 64, 64)

@@ -1,0 +1,147 @@
+"""Several gevent workers on one longpolling port: spread, supervised, drained one at a time."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import pytest
+import websocket
+
+import busclient
+from serverproc import is_alive, wait_until
+from waiting import parse_samples, scrape_text, values
+
+GEVENT = "rtbus: gevent"
+CLIENTS = 24
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def gevent_pids(server) -> list[int]:
+    return server.children_titled(GEVENT)
+
+
+def open_per_process(port: int) -> dict[str, float]:
+    """rtbus_websockets_open by process label, as /metrics on `port` reports the whole server."""
+    samples = parse_samples(scrape_text(port))
+    return {labels["process"]: value for name, labels, value in samples
+            if name == "rtbus_websockets_open" and labels.get("kind") == "gevent"}
+
+
+def still_connected(ws) -> bool:
+    try:
+        return busclient.barrier(ws, timeout=3)
+    except (websocket.WebSocketException, OSError):
+        return False
+
+
+def spread_over(server, count: int) -> dict[str, float]:
+    """Wait until every one of the `count` websockets shows in some gevent worker's snapshot."""
+    return wait_until(lambda: (lambda seen: seen if sum(seen.values()) == count else None)(
+        open_per_process(server.longpolling_port)), 15, message=f"{count} websockets in the snapshots")
+
+
+@pytest.fixture
+def two_workers(start_server, server_env, module_db):
+    server = start_server("--workers=1", "--gevent-workers=2", "--max-cron-threads=0",
+                          env={**server_env, "RTBUS_DB_NAME": module_db})
+    wait_until(lambda: len(gevent_pids(server)) == 2, 15, message="two gevent workers")
+    server.wait_log(r"evented service \(longpolling\) running", count=2, timeout=15)
+    return server
+
+
+def test_two_workers_share_the_port_and_each_gets_clients(two_workers, publish):
+    server = two_workers
+    assert re.search(r"with 2 gevent workers \(SO_REUSEPORT\)", server.log())
+    sockets = [busclient.connect(server.longpolling_port) for _ in range(CLIENTS)]
+    try:
+        for ws in sockets:
+            busclient.subscribe(ws, ["room"])
+        seen = spread_over(server, CLIENTS)
+        assert len(seen) == 2 and all(count > 0 for count in seen.values()), seen
+        # /metrics names each worker by its number, whichever of them answered.
+        samples = parse_samples(scrape_text(server.longpolling_port))
+        assert sorted(labels["worker"] for name, labels, _ in samples
+                      if name == "rtbus_websockets_open" and labels.get("kind") == "gevent") == ["0", "1"]
+        assert sum(values(samples, "rtbus_listen_connections", kind="gevent")) == 2 * 2
+        # A publish reaches the subscribers of both workers, each exactly once.
+        notification = publish.one("room", "hello")
+        for ws in sockets:
+            assert busclient.receive_ids(ws, [notification]) == [notification]
+    finally:
+        for ws in sockets:
+            ws.close()
+
+
+def test_a_killed_worker_is_replaced_and_its_clients_resume_on_the_other(two_workers, publish):
+    server = two_workers
+    sockets = [busclient.connect(server.longpolling_port) for _ in range(CLIENTS)]
+    for ws in sockets:
+        busclient.subscribe(ws, ["relay"])
+    spread_over(server, CLIENTS)
+    first = publish("relay", "before", count=3)
+    for ws in sockets:
+        assert busclient.receive_ids(ws, first) == first
+    victim = gevent_pids(server)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not is_alive(victim), 10, message=f"gevent worker {victim} gone")
+    # Published while the victim's clients are cut off: they must get these on resuming.
+    during = publish("relay", "during", count=3)
+    resumed = []
+    for ws in sockets:
+        if still_connected(ws):
+            assert busclient.receive_ids(ws, during) == during     # the survivor's: live
+            ws.close()
+            continue
+        ws.close()
+        fresh = busclient.connect(server.longpolling_port)
+        busclient.subscribe(fresh, ["relay"], last=first[-1])
+        resumed.append(fresh)
+    assert resumed, "the killed worker had none of the clients"
+    wait_until(lambda: victim not in gevent_pids(server) and len(gevent_pids(server)) == 2, 20,
+               message="the killed gevent worker replaced")
+    after = publish("relay", "after", count=2)
+    try:
+        for ws in resumed:
+            # Nothing lost, nothing twice: the gap from `last`, then live, in order.
+            assert busclient.receive_ids(ws, during + after) == during + after
+            assert busclient.nothing_more(ws, wait=0.2)
+    finally:
+        for ws in resumed:
+            ws.close()
+    assert re.search(rf"gevent process {victim} died \(signal SIGKILL\); respawning", server.log())
+
+
+def test_graceful_stop_drains_the_workers_one_at_a_time(two_workers):
+    server = two_workers
+    sockets = [busclient.connect(server.longpolling_port) for _ in range(CLIENTS)]
+    for ws in sockets:
+        busclient.subscribe(ws, ["room"])
+    spread_over(server, CLIENTS)
+    server.signal(signal.SIGTERM)
+    codes = [busclient.close_code(ws, timeout=20) for ws in sockets]
+    assert codes == [1001] * CLIENTS
+    assert server.wait_exit(30) == 0
+    log = server.log()
+    drained = [int(pid) for pid in re.findall(r"draining gevent process (\d+)", log)]
+    assert len(drained) == 2
+    # The second was asked to stop only once the first had gone.
+    first_gone = log.index(f"gevent process {drained[0]} stopped")
+    assert first_gone < log.index(f"draining gevent process {drained[1]}")
+
+
+def test_reload_starts_new_workers_then_drains_the_old_ones(two_workers):
+    server = two_workers
+    old = set(gevent_pids(server))
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: len(gevent_pids(server)) == 2 and not old & set(gevent_pids(server)), 30,
+               message="two new gevent workers and none of the old")
+    log = server.log()
+    assert sorted(int(pid) for pid in re.findall(r"draining gevent process (\d+)", log)) == sorted(old)
+    ws = busclient.connect(server.longpolling_port)
+    try:
+        busclient.subscribe(ws, ["room"])
+    finally:
+        ws.close()
