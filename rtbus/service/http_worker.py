@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import socket
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
 from rtbus.service import process
+from rtbus.service.child import ChildProcess
 from rtbus.service.heartbeat import HeartbeatWriter
 
 _logger = logging.getLogger(__name__)
 _access_logger = logging.getLogger("rtbus.http.access")
-
-BEAT = 1.0   # seconds between heartbeats of an idle worker
 
 
 class CpuTimeExceeded(Exception):
@@ -73,109 +71,69 @@ class _Reporting:
         return self.app(environ, start_response)
 
 
-class HttpWorker:
-    """The loop of one HTTP worker process. `run()` returns the exit code."""
+class HttpWorker(ChildProcess):
+    """One HTTP worker process: a request per tick. `run()` returns the exit code."""
+
+    title = "rtbus: http worker"
+    name = "http worker"
+    SIGNALS = (*ChildProcess.SIGNALS, signal.SIGXCPU)
 
     def __init__(self, config, listener: socket.socket, heartbeat: HeartbeatWriter, master_pid: int):
-        self.config = config
+        super().__init__(config, heartbeat, master_pid)
         self.listener = listener
-        self.heartbeat = heartbeat
-        self.master_pid = master_pid
-        self.alive = True
         self.requests = 0
-        self._wake_r, self._wake_w = os.pipe()
         self._reporting: _Reporting | None = None
 
-    # -- signals ---------------------------------------------------------
-    def _on_stop(self, signum, frame):
-        # Graceful: finish the request in progress, then leave the loop.
-        self.alive = False
-
-    def _on_cpu_limit(self, signum, frame):
+    def handle_xcpu(self) -> None:
         self.alive = False
         raise CpuTimeExceeded(f"CPU time limit exceeded ({self.config.limit_time_cpu} s)")
 
-    def _install_signals(self) -> None:
-        process.reset_signal_handlers(signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU,
-                                      signal.SIGQUIT)
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGXCPU, self._on_cpu_limit)
-        os.set_blocking(self._wake_w, False)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-
-    # -- limits ----------------------------------------------------------
     def limit_reached(self) -> str | None:
-        """Why this worker must exit now, or None."""
         config = self.config
-        if os.getppid() != self.master_pid:
-            return "the master process is gone"
-        if config.limit_request and self.requests >= config.limit_request:
-            return f"limit_request reached ({self.requests} requests)"
-        if config.limit_memory_soft:
+        reason = super().limit_reached()
+        if reason is None and config.limit_request and self.requests >= config.limit_request:
+            reason = f"limit_request reached ({self.requests} requests)"
+        if reason is None and config.limit_memory_soft:
             vms = process.virtual_memory()
             if vms > config.limit_memory_soft:
-                return f"limit_memory_soft reached ({vms} > {config.limit_memory_soft} bytes)"
-        return None
+                reason = f"limit_memory_soft reached ({vms} > {config.limit_memory_soft} bytes)"
+        return reason
 
-    # -- main loop -------------------------------------------------------
-    def run(self) -> int:
+    def setup(self) -> None:
         from rtbus.bus.publish import Notifier, set_default_notifier
         from rtbus.db.budget import pool_size
         from rtbus.db.connect import process_pool
         from rtbus.http.app import Application
 
         config = self.config
-        process.set_title("rtbus: http worker")
-        self._install_signals()
         process.set_memory_hard_limit(config.limit_memory_hard)
         set_default_notifier(Notifier.from_config(config))
-        pool = process_pool(config, name="http", maxconn=pool_size(config, "http"))
-        app = Application(config, role="http", pool=pool)
-        app.snapshots = self._snapshot_writer(app, pool)
-        self._reporting = _Reporting(app, self.heartbeat)
-        server = _Server(self.listener, self._reporting, config.http_socket_timeout)
+        self.pool = process_pool(config, name="http", maxconn=pool_size(config, "http"))
+        self.app = Application(config, role="http", pool=self.pool)
+        self.snapshots = self.app.snapshots = self._snapshot_writer()
+        self._reporting = _Reporting(self.app, self.heartbeat)
+        self.server = _Server(self.listener, self._reporting, config.http_socket_timeout)
         _logger.debug("http worker %d ready", os.getpid())
-        try:
-            while self.alive:
-                reason = self.limit_reached()
-                if reason:
-                    _logger.info("http worker %d exits: %s", os.getpid(), reason)
-                    break
-                self.heartbeat.beat()
-                if app.snapshots is not None:
-                    app.snapshots.maybe_write()
-                self._serve_one(server)
-        finally:
-            if app.snapshots is not None:
-                app.snapshots.remove()
-            app.close()
-            pool.close_all()
-            server.socket.close()
-        return process.EXIT_OK
 
-    def _snapshot_writer(self, app, pool):
+    def teardown(self) -> None:
+        self.app.close()
+        self.pool.close_all()
+        self.server.socket.close()
+
+    def _snapshot_writer(self):
         from rtbus.metrics import collect
         from rtbus.metrics.snapshots import SnapshotWriter
 
         if not self.config.runtime_dir:
             return None
         return SnapshotWriter(self.config.runtime_dir, "http",
-                              lambda: collect.worker_figures(pool, app, self.requests))
+                              lambda: collect.worker_figures(self.pool, self.app, self.requests))
 
-    def _serve_one(self, server: _Server) -> None:
+    def tick(self) -> None:
         """Wait up to BEAT for a connection and serve it."""
-        try:
-            readable, _, _ = select.select([self.listener, self._wake_r], [], [], BEAT)
-        except InterruptedError:
+        if self.listener not in self.wait_readable([self.listener], self.BEAT) or not self.alive:
             return
-        if self._wake_r in readable:
-            try:
-                os.read(self._wake_r, 512)
-            except BlockingIOError:
-                pass
-        if self.listener not in readable or not self.alive:
-            return
+        server = self.server
         try:
             client, address = self.listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):

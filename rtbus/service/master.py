@@ -38,7 +38,8 @@ from typing import Callable
 from rtbus.errors import ConfigError, StartupError
 from rtbus.log import setup_logging
 from rtbus.service import process
-from rtbus.service.heartbeat import HeartbeatReader, HeartbeatWriter
+from rtbus.service.child import become_child
+from rtbus.service.heartbeat import HeartbeatReader
 from rtbus.service.kinds import KINDS, gevent_worker_count
 from rtbus.service.sockets import bind_listener, describe, reuseport_available
 
@@ -359,7 +360,7 @@ class Master:
             os.close(hb_r)
             if cfg_w >= 0:
                 os.close(cfg_w)
-            self._become_child(kind, slot, hb_w, cfg_r, own_listener)   # never returns
+            become_child(self, kind, slot, hb_w, cfg_r, own_listener or self.gevent_socket)
         os.close(hb_w)
         if own_listener is not None:
             own_listener.close()     # the worker's now: it leaves with it
@@ -371,43 +372,12 @@ class Master:
         self.children[pid] = Child(kind, pid, HeartbeatReader(hb_r, now), now, self.generation, slot)
         _logger.debug("spawned %s %d (slot %d)", KINDS[kind].title, pid, slot)
 
-    def _become_child(self, kind: str, slot: int, hb_w: int, cfg_r: int, own_listener) -> None:
-        """Run in the forked child: turn into a worker, never return to the master's loop."""
-        code = process.EXIT_WORKER_FATAL
-        try:
-            signal.set_wakeup_fd(-1)
-            process.reset_signal_handlers(*HANDLED_SIGNALS)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            for child in self.children.values():
-                child.heartbeat.close()
-            master_pid = os.getppid()
-            if kind == "gevent":
-                self.http_socket.close()
-                self._exec_gevent(slot, hb_w, cfg_r, own_listener or self.gevent_socket)
-            heartbeat = HeartbeatWriter(hb_w)
-            if kind == "http":
-                from rtbus.service.http_worker import HttpWorker
-                self.gevent_socket.close()
-                code = HttpWorker(self.config, self.http_socket, heartbeat, master_pid).run()
-            else:
-                from rtbus.service.cron_worker import CronWorker
-                self.http_socket.close()
-                self.gevent_socket.close()
-                code = CronWorker(self.config, heartbeat, master_pid).run()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else process.EXIT_WORKER_FATAL
-        except BaseException:
-            _logger.exception("%s %d crashed", KINDS[kind].title, os.getpid())
-            code = 1
-        finally:
-            for handler in logging.getLogger().handlers:
-                handler.flush()
-            os._exit(code)
-
-    def _exec_gevent(self, slot: int, hb_w: int, cfg_r: int, listener) -> None:
-        process.exec_evented("gevent", {"listen": listener.fileno(), "heartbeat": hb_w,
-                                        "config": cfg_r}, worker=slot)
+    def close_in_child(self) -> None:
+        """In a freshly forked child: close what only the master uses."""
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        for child in self.children.values():
+            child.heartbeat.close()
 
     def _stop_children(self, children: list[Child]) -> None:
         """Ask `children` to stop: at once, or (the evented kinds) queued to leave one by one."""
