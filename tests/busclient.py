@@ -171,3 +171,11 @@ def close_code(ws, timeout: float = 5.0) -> int | None:
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             return struct.unpack("!H", frame.data[:2])[0]
     return None
+
+
+def still_connected(ws, timeout: float = 3.0) -> bool:
+    """True when the server still answers a barrier on `ws`; False once it closed or vanished."""
+    try:
+        return barrier(ws, timeout)
+    except (websocket.WebSocketException, OSError):
+        return False

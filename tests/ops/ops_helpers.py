@@ -3,6 +3,8 @@ running the loopback rendering of conf/nginx.conf."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import socket
@@ -33,14 +35,51 @@ def ops_env(pg_cluster, dbname: str, **extra) -> dict[str, str]:
     return env
 
 
+# -- requests --------------------------------------------------------------------------------
+
+
+def request(port: int, method: str, path: str, body=None, headers=None, source=CLIENT_ADDRESS,
+            timeout: float = 10.0):
+    """One request to nginx from `source`; returns (status, headers, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        all_headers = {"Content-Type": "application/json"} if data is not None else {}
+        all_headers.update(headers or {})
+        conn.request(method, path, body=data, headers=all_headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def rpc(port: int, path: str, params: dict, headers=None, timeout: float = 10.0):
+    status, _headers, body = request(port, "POST", path, {"jsonrpc": "2.0", "method": "call", "id": 1,
+                                                        "params": params}, headers, timeout=timeout)
+    return status, json.loads(body)
+
+
+def publish_over_http(port: int, channel, notification_type, payload) -> int:
+    status, answer = rpc(port, "/bus/publish", {"channel": channel, "type": notification_type,
+                                                "payload": payload},
+                         headers={"Authorization": f"Bearer {API_KEY}"})
+    assert status == 200, answer
+    (notification_id,) = answer["result"]["ids"]
+    return notification_id
+
+
 # -- nginx ----------------------------------------------------------------------------------
 
 
 class Nginx:
     """A real nginx running the loopback rendering of conf/nginx.conf, or of another
-    sample: `render(port, redirect_port)` returns the site to run instead."""
+    sample: `render(port, redirect_port)` returns the site to run instead.
 
-    def __init__(self, binary: str, directory: str, http_port: int = 0, longpolling_port: int = 0,
+    `http_port` and `longpolling_port` are one node's ports, or lists of several
+    nodes' (each list is then one upstream balancing over them).
+    """
+
+    def __init__(self, binary: str, directory: str, http_port=0, longpolling_port=0,
                  render=None):
         self.binary = binary
         self.directory = directory
@@ -101,11 +140,16 @@ def replace_once(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-def render_site(sample: str, *, http_port: int, longpolling_port: int, port: int, redirect_port: int,
+def _upstream_servers(ports) -> str:
+    ports = [ports] if isinstance(ports, int) else list(ports)
+    return "\n    ".join(f"server 127.0.0.1:{port};" for port in ports)
+
+
+def render_site(sample: str, *, http_port, longpolling_port, port: int, redirect_port: int,
                 logs: str, monitoring: list[str]) -> str:
     """The loopback variant of the sample: ports, no TLS, logs in `logs`, the given monitoring hosts."""
-    site = replace_once(sample, "server 127.0.0.1:8069;", f"server 127.0.0.1:{http_port};")
-    site = replace_once(site, "server 127.0.0.1:8072;", f"server 127.0.0.1:{longpolling_port};")
+    site = replace_once(sample, "server 127.0.0.1:8069;", _upstream_servers(http_port))
+    site = replace_once(site, "server 127.0.0.1:8072;", _upstream_servers(longpolling_port))
     site = replace_once(site, "        allow 192.0.2.10;\n",
                          "".join(f"        allow {address};\n" for address in monitoring))
     return loopback(site, port=port, redirect_port=redirect_port, logs=logs, log_name="rtbus")

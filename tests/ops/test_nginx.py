@@ -6,7 +6,6 @@ can tell the real client from the proxy (rtbus runs with proxy_mode).
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import threading
@@ -15,40 +14,10 @@ import time
 import pytest
 
 import busclient
-from ops_helpers import API_KEY, CLIENT_ADDRESS
+from ops_helpers import CLIENT_ADDRESS, publish_over_http, request, rpc
 from serverproc import wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def request(port: int, method: str, path: str, body=None, headers=None, source=CLIENT_ADDRESS,
-            timeout: float = 10.0):
-    """One request to nginx from `source`; returns (status, headers, body bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        all_headers = {"Content-Type": "application/json"} if data is not None else {}
-        all_headers.update(headers or {})
-        conn.request(method, path, body=data, headers=all_headers)
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
-
-
-def rpc(port: int, path: str, params: dict, headers=None, timeout: float = 10.0):
-    status, _headers, body = request(port, "POST", path, {"jsonrpc": "2.0", "method": "call", "id": 1,
-                                                        "params": params}, headers, timeout=timeout)
-    return status, json.loads(body)
-
-
-def publish_over_http(port: int, channel, notification_type, payload) -> int:
-    status, answer = rpc(port, "/bus/publish", {"channel": channel, "type": notification_type,
-                                                "payload": payload},
-                         headers={"Authorization": f"Bearer {API_KEY}"})
-    assert status == 200, answer
-    (notification_id,) = answer["result"]["ids"]
-    return notification_id
 
 
 def ws_connect(port: int):

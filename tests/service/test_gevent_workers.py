@@ -7,7 +7,6 @@ import re
 import signal
 
 import pytest
-import websocket
 
 import busclient
 from serverproc import is_alive, wait_until
@@ -28,13 +27,6 @@ def open_per_process(port: int) -> dict[str, float]:
     samples = parse_samples(scrape_text(port))
     return {labels["process"]: value for name, labels, value in samples
             if name == "rtbus_websockets_open" and labels.get("kind") == "gevent"}
-
-
-def still_connected(ws) -> bool:
-    try:
-        return busclient.barrier(ws, timeout=3)
-    except (websocket.WebSocketException, OSError):
-        return False
 
 
 def spread_over(server, count: int) -> dict[str, float]:
@@ -91,7 +83,7 @@ def test_a_killed_worker_is_replaced_and_its_clients_resume_on_the_other(two_wor
     during = publish("relay", "during", count=3)
     resumed = []
     for ws in sockets:
-        if still_connected(ws):
+        if busclient.still_connected(ws):
             assert busclient.receive_ids(ws, during) == during     # the survivor's: live
             ws.close()
             continue
