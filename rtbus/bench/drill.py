@@ -310,7 +310,7 @@ def _alive(client) -> bool:
 def _server(probe, before: dict | None, after: dict | None) -> dict | None:
     if probe is None:
         return None
-    return {"pid": probe.pid, "title": probe.title,
+    return {"pid": probe.pid, "pids": probe.pids, "title": probe.title,
             "rss_kb_before": before and before["rss_kb"], "rss_kb_after": after and after["rss_kb"],
             "cpu_percent": probes.cpu_percent(before, after)}
 

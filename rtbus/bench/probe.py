@@ -34,44 +34,57 @@ def _children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def resolve_server_pid(pid: int) -> tuple[int, str]:
-    """The process to measure for `pid`: its ``rtbus: gevent`` child when `pid` is an
-    rtbus master, else `pid` itself. Returns (pid, title); raises OSError if gone."""
+def resolve_server_pids(pid: int) -> tuple[list[int], str]:
+    """The processes to measure for `pid`: its ``rtbus: gevent`` children (one per gevent
+    worker) when `pid` is an rtbus master, else `pid` itself. Returns (pids, title of the
+    first); raises OSError if gone."""
     title = _cmdline(pid)
-    if title.startswith(MASTER_TITLE):
-        for child in _children(pid):
-            try:
-                child_title = _cmdline(child)
-            except OSError:
-                continue
-            if child_title.startswith(GEVENT_TITLE):
-                return child, child_title
+    if not title.startswith(MASTER_TITLE):
+        return [pid], title
+    found = []
+    for child in _children(pid):
+        try:
+            child_title = _cmdline(child)
+        except OSError:
+            continue
+        if child_title.startswith(GEVENT_TITLE):
+            found.append((child, child_title))
+    if not found:
         raise ProcessLookupError(f"pid {pid} is an rtbus master without a '{GEVENT_TITLE}' child")
-    return pid, title
+    return [child for child, _ in found], found[0][1]
+
+
+def _read_usage(pid: int) -> tuple[int, float] | None:
+    """(resident KB, CPU seconds) of `pid`, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    rss_kb = 0
+    for line in status.splitlines():
+        if line.startswith(b"VmRSS:"):
+            rss_kb = int(line.split()[1])
+    # utime and stime are fields 14 and 15 of stat; 12 and 13 after the ")".
+    return rss_kb, (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 class ServerProbe:
-    """Memory (RSS) and CPU time of one server process."""
+    """Memory (RSS) and CPU time of the server's evented processes, summed."""
 
     def __init__(self, pid: int):
-        self.pid, self.title = resolve_server_pid(pid)
+        self.pids, self.title = resolve_server_pids(pid)
+        self.pid = self.pids[0]
 
     def sample(self) -> dict | None:
-        """{"rss_kb", "cpu_s", "at"}, or None when the process is gone."""
-        try:
-            with open(f"/proc/{self.pid}/status", "rb") as f:
-                status = f.read()
-            with open(f"/proc/{self.pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
+        """{"rss_kb", "cpu_s", "at", "processes"}, or None when every process is gone."""
+        usages = [usage for usage in map(_read_usage, self.pids) if usage is not None]
+        if not usages:
             return None
-        rss_kb = 0
-        for line in status.splitlines():
-            if line.startswith(b"VmRSS:"):
-                rss_kb = int(line.split()[1])
-        # utime and stime are fields 14 and 15 of stat; 12 and 13 after the ")".
-        cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-        return {"rss_kb": rss_kb, "cpu_s": cpu, "at": time.monotonic()}
+        return {"rss_kb": sum(rss for rss, _ in usages), "cpu_s": sum(cpu for _, cpu in usages),
+                "at": time.monotonic(), "processes": len(usages)}
 
 
 def own_cpu() -> dict:
