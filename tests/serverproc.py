@@ -186,3 +186,27 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 30) -> subpro
     """Run ``rtbus-server ARGS`` to completion (for commands and start-up failures)."""
     return subprocess.run([RTBUS_SERVER, *args], env=env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def serving_process(sock, pids) -> int | None:
+    """Which of `pids` holds the server end of the TCP connection `sock` (a client socket on
+    127.0.0.1): the socket whose peer is `sock`'s own address, found in /proc."""
+    host, port = sock.getsockname()[:2]
+    peer = f"{''.join(reversed([f'{int(part):02X}' for part in host.split('.')]))}:{port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        for line in list(table)[1:]:
+            fields = line.split()
+            if fields[2] == peer:
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return pid
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return None

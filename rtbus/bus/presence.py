@@ -31,6 +31,15 @@ in flight, identical updates (many tabs, many connections) wait for nothing and 
 absorbed; an identical update within COALESCE_SECONDS of a write is absorbed too.
 That window is kept short on purpose: another process may have set the user offline
 meanwhile, and only the database knows.
+
+Several evented processes (gevent workers, nodes) each count only their own
+connections, so one of them sets a user offline when the user's last tab *there*
+closes, while another tab is open on another process. Every offline write that
+changed the status therefore also sends ``NOTIFY rtbus_presence, '<user id>'`` (at
+commit); each evented process LISTENs to it, and one that still holds a connection
+of that user writes the user's status back at once (from the inactivity its
+clients last reported). Observers see offline, then the status again, within one
+round trip; the user is never left offline while connected.
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ MISSED_PRESENCE_SECONDS = 2          # Odoo's window for presences pushed after 
 IM_STATUS_UPDATED = "bus.bus/im_status_updated"
 STATUSES = ("online", "away", "offline")
 DEFAULT_UPDATE_INTERVAL = 60.0
+PRESENCE_NOTIFY_CHANNEL = "rtbus_presence"   # NOTIFY payload: the id of a user set offline
 
 # A client-supplied inactivity is clamped to this (ten years, in ms) so that
 # `now - inactivity` stays a valid timestamp.
@@ -245,9 +255,10 @@ def gc_presences(conn, notifier: Notifier | None = None, batch_size: int = 10_00
 
 
 class _UserState:
-    __slots__ = ("status", "confirmed_at", "inflight", "write_lock")
+    __slots__ = ("status", "confirmed_at", "inflight", "write_lock", "activity")
 
     def __init__(self):
+        self.activity: tuple[float, float] | None = None   # (when, inactivity ms) last reported
         self.status: str | None = None        # last status this process wrote or confirmed
         self.confirmed_at = float("-inf")     # monotonic time of that write
         self.inflight: tuple[str, object] | None = None   # (status, token) being written
@@ -280,8 +291,9 @@ class PresenceService:
         self._users: collections.OrderedDict[tuple[str, int], _UserState] = (
             collections.OrderedDict())
         self._connections: dict[tuple[str, int], int] = {}
+        self._partners: dict[tuple[str, int], int | None] = {}   # of the users connected here
         self._counters = dict.fromkeys(("updates", "absorbed", "statements", "writes",
-                                        "changes", "offline"), 0)
+                                        "changes", "offline", "reasserted"), 0)
 
     @classmethod
     def from_config(cls, pool, config, notifier: Notifier | None = None) -> PresenceService:
@@ -301,11 +313,12 @@ class PresenceService:
         with self._lock:
             self._counters["updates"] += 1
             state = self._state_locked((session.dbname, session.uid))
+            state.activity = (self._clock(), inactivity)
             if self._absorbs_locked(state, status):
                 self._counters["absorbed"] += 1
                 return status
             token = self._reserve_locked(state, status)
-        self._write(session, state, token, status, lambda conn: write_presence(
+        self._write(session.dbname, state, token, status, lambda conn: write_presence(
             conn, session.uid, session.partner_id, status, inactivity, self.update_interval))
         return status
 
@@ -326,6 +339,7 @@ class PresenceService:
         with self._lock:
             count = self._connections.get(key, 0) + 1
             self._connections[key] = count
+            self._partners[key] = session.partner_id
             state = self._users.get(key)
             if state is not None:
                 state.confirmed_at = float("-inf")
@@ -345,6 +359,7 @@ class PresenceService:
                 self._connections[key] = count
                 return False
             self._connections.pop(key, None)
+            self._partners.pop(key, None)
         return self._set_offline(session, unless_connected=True)
 
     def connections_of(self, dbname: str, uid: int) -> int:
@@ -373,23 +388,56 @@ class PresenceService:
             # either ran before (and we skip) or runs after us (and wins).
             if unless_connected and self.connections_of(*key) > 0:
                 return None
-            return write_offline(conn, session.uid)
+            result = write_offline(conn, session.uid)
+            if result.changed:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_notify(%s, %s)", (PRESENCE_NOTIFY_CHANNEL, str(session.uid)))
+            return result
 
-        result = self._write(session, state, token, "offline", write)
+        result = self._write(session.dbname, state, token, "offline", write)
         if result is None:
             return False
         with self._lock:
             self._counters["offline"] += 1
         return result.changed
 
-    def _write(self, session: Session, state: _UserState, token: object, status: str,
+    def on_presence_notify(self, dbname: str, payload: str) -> None:
+        """Callback for the ``rtbus_presence`` NOTIFY channel: another process set user
+        `payload` offline. When that user still has connections here, write its status
+        back, from the inactivity its clients last reported. Runs on the dispatcher:
+        the write goes to a thread (a greenlet under gevent) of its own.
+        """
+        if not payload.isdigit():
+            return      # "*": a LISTEN outage; the next update_presence of each tab mends it
+        key = (dbname, int(payload))
+        with self._lock:
+            if self._connections.get(key, 0) <= 0:
+                return
+            partner_id = self._partners.get(key)
+            state = self._state_locked(key)
+            when, inactivity = state.activity or (self._clock(), 0.0)
+            inactivity += (self._clock() - when) * 1000.0
+            status = status_for(inactivity)
+            token = self._reserve_locked(state, status)
+            self._counters["reasserted"] += 1
+
+        def reassert():
+            try:
+                self._write(dbname, state, token, status, lambda conn: write_presence(
+                    conn, key[1], partner_id, status, inactivity, self.update_interval))
+            except Exception as exc:
+                logger.warning("presence of user %d on %s not written back: %s", key[1], dbname, exc)
+
+        threading.Thread(target=reassert, name=f"presence-{key[1]}", daemon=True).start()
+
+    def _write(self, dbname: str, state: _UserState, token: object, status: str,
                write) -> WriteResult | None:
         """Run `write(conn)` in a publishing transaction, serialised per user; then record
         the outcome in the coalescing memory (or forget the reservation on error)."""
         result = None
         try:
             with state.write_lock:
-                with self.pool.connection(session.dbname) as conn:
+                with self.pool.connection(dbname) as conn:
                     with publishing(conn, self.notifier):
                         result = write(conn)
         finally:

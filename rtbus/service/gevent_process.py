@@ -114,6 +114,8 @@ class EventedServer:
         self.app = Application(config, role=self.mode, pool=self.pool, dispatcher=self.dispatcher)
         from rtbus.session import NOTIFY_CHANNEL
         self.dispatcher.listen(NOTIFY_CHANNEL, self._on_session_notify)
+        from rtbus.bus.presence import PRESENCE_NOTIFY_CHANNEL
+        self.dispatcher.listen(PRESENCE_NOTIFY_CHANNEL, self.app.presence.on_presence_notify)
         if not self.dispatcher.start(wait=10.0):
             _logger.warning("LISTEN imbus is not up yet; the dispatcher keeps retrying in the background")
         self.hub = self._make_hub()

@@ -237,6 +237,41 @@ def test_last_connection_closing_sets_offline(bus_db, connections, service):
     assert statuses(conn, bus_db) == ["online", "offline"]
 
 
+def test_a_user_still_connected_to_another_process_comes_back_online(bus_db, connections, pool,
+                                                                      notifier, pg_cluster):
+    """Tabs on two gevent workers: the last tab closing on one sets the user offline and
+    announces it on rtbus_presence; the other, still holding a tab, writes the status back."""
+    import select
+
+    from rtbus.bus.presence import PRESENCE_NOTIFY_CHANNEL
+
+    listener = pg_cluster.connect(bus_db)
+    listener.autocommit = True
+    with listener.cursor() as cur:
+        cur.execute(f"LISTEN {PRESENCE_NOTIFY_CHANNEL}")
+    first, second = (PresenceService(pool, update_interval=60, notifier=notifier) for _ in range(2))
+    session = user(bus_db)
+    conn = connections(bus_db)
+    for service in (first, second):
+        service.connection_opened(session)
+        service.update_presence(session, AWAY_MS + 5000)      # both tabs report the user away
+    assert first.connection_closed(session) is True
+    assert presence_row(conn)[0] == "offline"
+
+    def announced():
+        select.select([listener], [], [], 0.2)
+        listener.poll()
+        return [n.payload for n in listener.notifies if n.channel == PRESENCE_NOTIFY_CHANNEL]
+
+    assert wait_until(announced, 5, message="the rtbus_presence NOTIFY") == ["2"]
+    first.on_presence_notify(bus_db, "2")          # no connection of the user there: nothing
+    second.on_presence_notify(bus_db, "2")
+    wait_until(lambda: presence_row(conn)[0] == "away", 5, message="the presence written back")
+    assert statuses(conn, bus_db) == ["away", "offline", "away"]
+    assert (first.stats()["reasserted"], second.stats()["reasserted"]) == (0, 1)
+    listener.close()
+
+
 def test_page_reload_does_not_leave_the_user_offline(bus_db, connections, service):
     """The old connection's close and the new connection's first update race: the
     offline write, serialised after the new connection opened, must not happen."""
