@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,7 +12,7 @@ import pytest
 
 import busclient
 from rtbus.session import create_session
-from serverproc import is_alive, serving_process, wait_until
+from serverproc import http_get, is_alive, serving_process, wait_until
 from waiting import parse_samples, scrape_text, values
 
 GEVENT = "rtbus: gevent"
@@ -60,6 +61,13 @@ def test_two_workers_share_the_port_and_each_gets_clients(two_workers, publish):
         assert sorted(labels["worker"] for name, labels, _ in samples
                       if name == "rtbus_websockets_open" and labels.get("kind") == "gevent") == ["0", "1"]
         assert sum(values(samples, "rtbus_listen_connections", kind="gevent")) == 2 * 2
+        # /websocket/health?workers=1 answers for both, whichever of them the probe reaches.
+        for _ in range(4):
+            status, _headers, body = http_get(server.longpolling_port, "/websocket/health?workers=1")
+            answer = json.loads(body)
+            assert status == 200 and answer["status"] == "pass", answer
+            assert [w["worker"] for w in answer["workers"]] == [0, 1]
+            assert answer["websockets"] == CLIENTS and answer["workers_wanted"] == 2
         # A publish reaches the subscribers of both workers, each exactly once.
         notification = publish.one("room", "hello")
         for ws in sockets:
@@ -106,6 +114,24 @@ def test_a_killed_worker_is_replaced_and_its_clients_resume_on_the_other(two_wor
         for ws in resumed:
             ws.close()
     assert re.search(rf"gevent process {victim} died \(signal SIGKILL\); respawning", server.log())
+
+
+def test_health_of_the_whole_server_fails_while_a_worker_is_stuck(two_workers):
+    server = two_workers
+    victim = gevent_pids(server)[0]
+
+    def whole_server_status():
+        try:
+            return http_get(server.longpolling_port, "/websocket/health?workers=1", timeout=2)[0]
+        except OSError:
+            return None      # the probe landed on the stopped worker
+
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        wait_until(lambda: whole_server_status() == 503, 20, message="a 503 naming the stuck worker")
+    finally:
+        os.kill(victim, signal.SIGCONT)
+    wait_until(lambda: whole_server_status() == 200, 20, message="the whole server healthy again")
 
 
 def test_graceful_stop_drains_the_workers_one_at_a_time(two_workers):
