@@ -65,7 +65,8 @@ def figures(port: int) -> dict[str, float]:
     _status, _headers, body = http_get(port, "/metrics")
     found = {}
     for name, reason, value in re.findall(
-            r'^(rtbus_session_\w+_total)\{process="\w+-\d+",kind="gevent"(?:,reason="(\w+)")?\} (\S+)$',
+            r'^(rtbus_session_\w+_total)\{process="\w+-\d+",kind="gevent"(?:,worker="\d+")?'
+            r'(?:,reason="(\w+)")?\} (\S+)$',
             body.decode(), re.M):
         found[f"{name}:{reason}" if reason else name] = float(value)
     return found

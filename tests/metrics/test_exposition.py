@@ -71,6 +71,15 @@ def test_every_family_has_help_and_type_once_before_its_samples():
     assert text.endswith("\n") and text.count("# HELP rtbus_websockets_open ") == 1
 
 
+def test_a_gevent_workers_samples_carry_its_number():
+    text = exposition.render([
+        {"kind": "gevent", "pid": 10, "worker": 1, "started": 1.0, "metrics": {"rtbus_websockets_open": 3}},
+        {"kind": "http", "pid": 12, "started": 1.0, "metrics": {"rtbus_http_requests_total": 5}},
+    ])
+    assert 'rtbus_websockets_open{process="gevent-10",kind="gevent",worker="1"} 3' in text
+    assert 'rtbus_http_requests_total{process="http-12",kind="http"} 5' in text
+
+
 def test_families_come_in_table_order_and_absent_ones_are_left_out():
     text = render_one({"rtbus_listen_connections": 2, "rtbus_websockets_open": 1}, started=None)
     names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
