@@ -18,8 +18,8 @@ SETTINGS: tuple[Setting, ...] = (
         Setting("workers", "int", 0, check=COUNT, flags=("--workers",), help=(
             "Number of prefork HTTP worker processes; 0 runs one evented (gevent) process that "
             "serves everything (JSON-RPC, websockets, long-polls, periodic jobs) on http_port; "
-            "more starts a master with that many HTTP workers, the cron workers and one gevent "
-            "process for websockets and long-polls on gevent_port.")),
+            "more starts a master with that many HTTP workers, the cron workers and "
+            "gevent_workers gevent processes for websockets and long-polls on gevent_port.")),
         Setting("max_cron_threads", "int", 1, check=COUNT, flags=("--max-cron-threads",), help=(
             "Number of cron workers running periodic jobs such as the bus garbage collection "
             "(prefork mode; with workers=0 the one evented process runs them in a greenlet "
@@ -60,7 +60,7 @@ SETTINGS: tuple[Setting, ...] = (
             "replaces the process.")),
         Setting("gevent_max_connections", "int", 10000, check=Range(1),
                 flags=("--gevent-max-connections",), help=(
-            "Maximum number of connections (websockets, long-polls, requests) the gevent process "
+            "Maximum number of connections (websockets, long-polls, requests) each gevent process "
             "holds at once; one more is answered 503 (a websocket handshake: 101 then close "
             "1013), and past 256 such refusals in flight clients wait in the listen backlog.")),
         Setting("gevent_max_connections_per_client", "int", 0, check=COUNT,
@@ -215,7 +215,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Maximum number of PostgreSQL connections in the pool of each process.")),
         Setting("db_maxconn_gevent", "int", None, check=Range(1), flags=("--db-maxconn-gevent",),
                 fallback=Fallback(setting="db_maxconn"), help=(
-            "Pool size of the gevent process, which serves many clients at once; unset means "
+            "Pool size of each gevent process, which serves many clients at once; unset means "
             "db_maxconn.")),
         Setting("db_connect_timeout", "int", 5, check=TIMEOUT, flags=("--db-connect-timeout",),
                 help=(

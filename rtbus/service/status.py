@@ -63,8 +63,12 @@ def render(snapshot: dict, now: float | None = None) -> str:
                 f"{snapshot.get('longpolling')}")
         if snapshot.get("stopping"):
             head += ", STOPPING"
-        for child in snapshot.get("children", []):
-            rows.append((child["kind"], child["pid"], format_duration(child["age"] + since_written),
+        children = snapshot.get("children", [])
+        several = sum(1 for child in children if child["kind"] == "gevent") > 1
+        for child in children:
+            # Several gevent workers are told apart by their number (their metrics label).
+            name = f"gevent {child.get('slot', 0)}" if several and child["kind"] == "gevent" else child["kind"]
+            rows.append((name, child["pid"], format_duration(child["age"] + since_written),
                          str(child.get("requests", 0)), format_bytes(child.get("rss")),
                          child.get("request") or ""))
     else:

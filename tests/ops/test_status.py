@@ -81,6 +81,16 @@ def test_render_of_a_single_process():
     assert format_duration(90061) == "1d01h"
 
 
+def test_render_tells_several_gevent_workers_apart():
+    children = [{"kind": "gevent", "pid": pid, "age": 5.0, "requests": 0, "rss": 0, "slot": slot}
+                for slot, pid in enumerate((51, 52))]
+    text = render({"kind": "master", "pid": 50, "started": 1000.0, "written": 1100.0, "metrics": {},
+                   "children": children + [{"kind": "http", "pid": 53, "age": 5.0, "slot": 0}]},
+                  now=1100.0)
+    assert re.search(r"^gevent 0\s+51\s", text, re.M) and re.search(r"^gevent 1\s+52\s", text, re.M)
+    assert re.search(r"^http\s+53\s", text, re.M)
+
+
 def test_status_of_a_single_process_deployment(pg_cluster, ops_db, tmp_path):
     from serverproc import ServerProcess
 
