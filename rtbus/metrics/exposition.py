@@ -3,16 +3,19 @@
 Each sample is labelled with the process it comes from (``process="gevent-4242"``)
 and its kind (``kind="gevent"``), a gevent worker's also with its number
 (``worker="1"``, stable across respawns), plus the family's own label if it has one.
-No cross-process totals are emitted: they would be counted twice by any
-``sum()`` over the family. Aggregate in PromQL instead, e.g.
-``sum without (process) (rate(rtbus_notifications_dispatched_total[5m]))``.
+The per-process families carry no cross-process totals: they would be counted
+twice by any ``sum()`` over the family. Aggregate them in PromQL, e.g.
+``sum without (process, worker) (rate(rtbus_notifications_dispatched_total[5m]))``.
+The few ``rtbus_server_*`` families (see `families.SERVER_TOTALS`) are those sums,
+made here, one sample each labelled ``process="server",kind="server"``: the whole server's figure,
+whichever process answered the scrape.
 """
 
 from __future__ import annotations
 
 import math
 
-from rtbus.metrics.families import FAMILIES
+from rtbus.metrics.families import FAMILIES, SERVER_TOTALS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -62,7 +65,28 @@ def render(snapshots: list[dict]) -> str:
         lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
         lines.append(f"# TYPE {family.name} {family.type}")
         lines.extend(samples)
+    lines.extend(_server_totals(snapshots))
     return "\n".join(lines) + "\n"
+
+
+def _server_totals(snapshots: list[dict]) -> list[str]:
+    evented = [s for s in snapshots if s.get("kind") in ("gevent", "single")]
+    if not evented:
+        return []
+    lines = []
+    for family, source in SERVER_TOTALS.values():
+        if source is None:
+            value = len(evented)
+        else:
+            found = [s["metrics"].get(source) for s in evented]
+            numbers = [v for v in found if isinstance(v, (int, float))]
+            if not numbers:
+                continue
+            value = sum(numbers)
+        lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
+        lines.append(f"# TYPE {family.name} {family.type}")
+        lines.append(f"{family.name}{_labels([('process', 'server'), ('kind', 'server')])} {_number(value)}")
+    return lines
 
 
 def _samples(family, base: list, value) -> list[str]:

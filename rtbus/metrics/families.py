@@ -145,3 +145,24 @@ _FAMILIES = (
 )
 
 FAMILIES: dict[str, Family] = {family.name: family for family in _FAMILIES}
+
+
+# -- totals over the processes of one server ---------------------------------------------------
+# Rendered once per scrape, labelled kind="server", from the per-process families named:
+# whichever process answers, the server's total is one sample (a dashboard needs no sum()).
+# Separate families, so a sum() over a per-process family never counts them twice.
+SERVER_TOTALS: dict[str, tuple[Family, str | None]] = {family.name: (family, source) for family, source in (
+    (Family("rtbus_server_evented_processes", "gauge",
+            "Evented processes (gevent workers, or the single process) of this server that are up."), None),
+    (Family("rtbus_server_websockets_open", "gauge",
+            "Open websockets, summed over the server's evented processes."), "rtbus_websockets_open"),
+    (Family("rtbus_server_longpolls_open", "gauge",
+            "Long-polls waiting, summed over the server's evented processes."), "rtbus_longpolls_open"),
+    (Family("rtbus_server_dispatch_subscribers", "gauge",
+            "Subscribers registered, summed over the server's evented processes."),
+     "rtbus_dispatch_subscribers"),
+    (Family("rtbus_server_notifications_dispatched_total", "counter",
+            "Notifications put in mailboxes, summed over the evented processes up (falls when a "
+            "worker is replaced: prefer the per-process family for rates)."),
+     "rtbus_notifications_dispatched_total"),
+)}

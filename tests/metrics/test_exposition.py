@@ -8,7 +8,7 @@ import re
 import pytest
 
 from rtbus.metrics import exposition
-from rtbus.metrics.families import FAMILIES
+from rtbus.metrics.families import FAMILIES, SERVER_TOTALS
 from rtbus.metrics.histogram import Histogram
 from waiting import parse_samples, values
 
@@ -83,7 +83,8 @@ def test_a_gevent_workers_samples_carry_its_number():
 def test_families_come_in_table_order_and_absent_ones_are_left_out():
     text = render_one({"rtbus_listen_connections": 2, "rtbus_websockets_open": 1}, started=None)
     names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
-    assert names == ["rtbus_websockets_open", "rtbus_listen_connections"]   # FAMILIES' order
+    assert names == ["rtbus_websockets_open", "rtbus_listen_connections",   # FAMILIES' order
+                     "rtbus_server_evented_processes", "rtbus_server_websockets_open"]  # then totals
     assert "rtbus_process_start_time_seconds" not in text                   # no start time given
     assert exposition.render([]) == "\n"
 
@@ -123,6 +124,32 @@ def test_help_text_is_escaped():
 def test_a_snapshot_without_kind_or_pid_is_still_labelled():
     text = exposition.render([{"metrics": {"rtbus_websockets_open": 1}}])
     assert 'rtbus_websockets_open{process="?-?",kind="?"} 1' in text
+
+
+def test_server_totals_sum_the_evented_processes_once():
+    text = exposition.render([
+        {"kind": "master", "pid": 1, "started": 1.0, "metrics": {}},
+        {"kind": "gevent", "pid": 10, "worker": 0, "started": 1.0,
+         "metrics": {"rtbus_websockets_open": 3, "rtbus_notifications_dispatched_total": 100}},
+        {"kind": "gevent", "pid": 11, "worker": 1, "started": 1.0,
+         "metrics": {"rtbus_websockets_open": 4, "rtbus_notifications_dispatched_total": 50}},
+        {"kind": "http", "pid": 12, "started": 1.0, "metrics": {"rtbus_websockets_open": 99}},
+    ])
+    samples = parse_samples(text)
+    assert values(samples, "rtbus_server_websockets_open") == [7]
+    assert values(samples, "rtbus_server_evented_processes", kind="server") == [2]
+    assert values(samples, "rtbus_server_notifications_dispatched_total") == [150]
+    assert values(samples, "rtbus_server_longpolls_open") == []      # no process reported it
+    assert text.count("# TYPE rtbus_server_websockets_open gauge") == 1
+    assert exposition.render([{"kind": "http", "pid": 12, "started": 1.0, "metrics": {}}]).count(
+        "rtbus_server_") == 0
+
+
+def test_server_total_families_are_well_formed():
+    for name, (family, source) in SERVER_TOTALS.items():
+        assert name == family.name and name.startswith("rtbus_server_") and name not in FAMILIES
+        assert family.name.endswith("_total") == (family.type == "counter"), name
+        assert source is None or source in FAMILIES, name
 
 
 # -- the families table ---------------------------------------------------------------------

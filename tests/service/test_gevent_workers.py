@@ -61,6 +61,8 @@ def test_two_workers_share_the_port_and_each_gets_clients(two_workers, publish):
         assert sorted(labels["worker"] for name, labels, _ in samples
                       if name == "rtbus_websockets_open" and labels.get("kind") == "gevent") == ["0", "1"]
         assert sum(values(samples, "rtbus_listen_connections", kind="gevent")) == 2 * 2
+        assert values(samples, "rtbus_server_websockets_open", kind="server") == [CLIENTS]
+        assert values(samples, "rtbus_server_evented_processes", kind="server") == [2]
         # /websocket/health?workers=1 answers for both, whichever of them the probe reaches.
         for _ in range(4):
             status, _headers, body = http_get(server.longpolling_port, "/websocket/health?workers=1")
