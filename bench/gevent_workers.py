@@ -1,11 +1,14 @@
-"""Benchmark: the same rtbus-bench drill against gevent_workers = 1, 2... in one run.
+"""Benchmark: the same rtbus-bench drill against gevent_workers = 1, 2... (and nodes = 1, 2...)
+in one run.
 
 For each count it starts a throwaway PostgreSQL cluster (fsync off) and a fresh
 ``rtbus-server --workers=1 --gevent-workers=N``, runs ``rtbus-bench`` with the given
 drill arguments and ``--server-pid`` (so the server CPU and RSS are those of every
 gevent worker, summed), stops both, and prints one line per count (p50/p99 of the
 hold stage, deliveries/s, server CPU per delivery, lost/duplicated) and, with
---json, the bench reports.
+--json, the bench reports. With ``--nodes-counts 1,2 --nginx`` it also compares one node
+with two on the same database, both behind a real nginx (the test suite's rendering of
+conf/nginx.conf); the server figures are then those of the first node only.
 
     .venv/bin/python bench/gevent_workers.py --workers-counts 1,2 -- \\
         -n 3000 --rate 50 --duration 20 --ramp-rate 500
@@ -34,7 +37,7 @@ from rtbus.db.cluster import Cluster  # noqa: E402
 
 BIN = pathlib.Path(sys.executable).parent
 READY = re.compile(r"evented service \(longpolling\) running on [\d.]+:(\d+)")
-MASTER = re.compile(r"longpolling on [\d.]+:(\d+) with (\d+) gevent workers")
+MASTER = re.compile(r"HTTP on [\d.]+:(\d+) with \d+ workers, longpolling on [\d.]+:(\d+)")
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -47,46 +50,89 @@ def wait_for(predicate, timeout: float, what: str):
     raise SystemExit(f"gave up waiting for {what}")
 
 
-def run_one(count: int, drill: list[str], base: pathlib.Path) -> dict:
-    cluster = Cluster(base / f"pg{count}", fast=True, tcp=True)
+def start_node(env: dict, count: int, log_path: pathlib.Path) -> tuple[subprocess.Popen, int, int]:
+    """Start one rtbus-server with `count` gevent workers; return (process, HTTP port, longpolling port)."""
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen(
+            [str(BIN / "rtbus-server"), "--workers=1", "--max-cron-threads=0", "--http-port=0",
+             "--gevent-port=0", f"--gevent-workers={count}", "--gevent-max-connections=12000",
+             "--longpolling-max-polls=6000"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+    found = wait_for(lambda: MASTER.search(log_path.read_text()), 30, "the master")
+    wait_for(lambda: len(READY.findall(log_path.read_text())) >= count, 60, f"{count} gevent workers")
+    return server, int(found[1]), int(found[2])
+
+
+def stop_node(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(5)
+
+
+def run_one(count: int, drill: list[str], base: pathlib.Path, nodes: int = 1, nginx: bool = False) -> dict:
+    """The drill against one node with `count` gevent workers, or (`nginx`, or `nodes` > 1)
+    through a real nginx balancing `nodes` such nodes (server figures: the first node's)."""
+    name = f"{nodes}x{count}"
+    cluster = Cluster(base / f"pg{name}", fast=True, tcp=True)
     cluster.init()
     cluster.start()
-    log_path = base / f"server{count}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RTBUS_", "PG"))}
     env.update(RTBUS_DB_HOST="127.0.0.1", RTBUS_DB_PORT=str(cluster.port), RTBUS_DB_USER=cluster.superuser,
                RTBUS_DB_NAME="bench", RTBUS_PUBLIC_CHANNELS="bench*")
-    server = None
+    servers, proxy = [], None
     try:
         cluster.create_database("bench")
-        with open(log_path, "ab") as log:
-            server = subprocess.Popen(
-                [str(BIN / "rtbus-server"), "--workers=1", "--max-cron-threads=0", "--http-port=0",
-                 "--gevent-port=0", f"--gevent-workers={count}", "--gevent-max-connections=12000",
-                 "--longpolling-max-polls=6000"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
-        port = int(wait_for(lambda: MASTER.search(log_path.read_text()), 30, "the master")[1])
-        wait_for(lambda: len(READY.findall(log_path.read_text())) >= count, 60, f"{count} gevent workers")
+        started = [start_node(env, count, base / f"server{name}-{n}.log") for n in range(nodes)]
+        servers = [server for server, _http, _lp in started]
+        port = started[0][2]
+        if nginx or nodes > 1:
+            proxy = _nginx(base / f"nginx{name}", [h for _s, h, _l in started], [lp for _s, _h, lp in started])
+            port = proxy.port
         dsn = f"host=127.0.0.1 port={cluster.port} user={cluster.superuser} dbname=bench"
         bench = subprocess.run(
             [str(BIN / "rtbus-bench"), f"http://127.0.0.1:{port}", "--dsn", dsn, "--imbus-db", "bench",
-             "--server-pid", str(server.pid), "--server-log", str(log_path), "--json", "-q", *drill],
+             "--server-pid", str(servers[0].pid), "--server-log", str(base / f"server{name}-0.log"),
+             "--json", "-q", *drill],
             env=env, capture_output=True, text=True, timeout=900)
         if not bench.stdout.strip():
             raise SystemExit(f"rtbus-bench printed no report: {bench.stderr[-2000:]}")
         return json.loads(bench.stdout)
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(5)
+        if proxy is not None:
+            proxy.stop()
+        for server in servers:
+            stop_node(server)
         cluster.destroy()
 
 
-def summary(count: int, report: dict) -> str:
+def _nginx(directory: pathlib.Path, http_ports: list[int], longpolling_ports: list[int]):
+    """The test suite's real nginx (conf/nginx.conf rendered for loopback) over these nodes."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "ops"))
+    from ops_helpers import Nginx, nginx_binary
+
+    binary = nginx_binary()
+    if binary is None:
+        raise SystemExit("--nodes above 1 needs nginx installed")
+    directory.mkdir()
+    proxy = Nginx(binary, str(directory), http_ports, longpolling_ports)
+    with open(proxy.conf) as f:
+        conf = f.read()
+    # The tests' 256 connections are far too few for a drill: two per proxied websocket.
+    conf = conf.replace("events { worker_connections 256; }",
+                        "worker_rlimit_nofile 65535;\nevents { worker_connections 30000; }")
+    with open(proxy.conf, "w") as f:
+        f.write(conf)
+    proxy.start()
+    return proxy
+
+
+def summary(label: str, report: dict) -> str:
     stages = {stage["stage"]: stage for stage in report.get("stages", [])}
     hold = stages.get("hold") or next(iter(stages.values()), {})
     latency = hold.get("latency_ms") or {}
@@ -97,7 +143,7 @@ def summary(count: int, report: dict) -> str:
     per_delivery = (f"{cpu / 100 * seconds / deliveries * 1e6:.1f} us" if cpu and deliveries and seconds
                     else "?")
     p99 = latency.get("p99")
-    return (f"gevent_workers={count}: p50 {latency.get('p50')} ms p99 {p99 and round(p99, 1)} ms "
+    return (f"{label}: p50 {latency.get('p50')} ms p99 {p99 and round(p99, 1)} ms "
             f"deliveries/s {hold.get('deliveries_per_s')} server CPU {cpu}% "
             f"({per_delivery}/delivery) lost {hold.get('lost')} dup {hold.get('duplicated')}")
 
@@ -105,6 +151,9 @@ def summary(count: int, report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers-counts", default="1,2")
+    parser.add_argument("--nodes-counts", default="1",
+                        help="nodes per run, e.g. 1,2 (above 1: a real nginx balances them)")
+    parser.add_argument("--nginx", action="store_true", help="through nginx even with one node")
     parser.add_argument("--json", action="store_true", help="print the bench reports too")
     parser.add_argument("drill", nargs=argparse.REMAINDER, help="rtbus-bench arguments (after --)")
     args = parser.parse_args()
@@ -113,9 +162,11 @@ def main() -> None:
     os.chmod(base, 0o755)
     reports = {}
     try:
-        for count in (int(c) for c in args.workers_counts.split(",")):
-            reports[count] = run_one(count, drill, base)
-            print(summary(count, reports[count]), flush=True)
+        for nodes in (int(n) for n in args.nodes_counts.split(",")):
+            for count in (int(c) for c in args.workers_counts.split(",")):
+                label = f"nodes={nodes} gevent_workers={count}"
+                reports[label] = run_one(count, drill, base, nodes, args.nginx)
+                print(summary(label, reports[label]), flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     if args.json:
