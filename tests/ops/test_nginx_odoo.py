@@ -12,8 +12,7 @@ import pytest
 
 import busclient
 from authapp import SECRET, AuthApp
-from ops_helpers import CLIENT_ADDRESS, REPO, Nginx, loopback, replace_once
-from test_nginx import request
+from ops_helpers import CLIENT_ADDRESS, REPO, Nginx, loopback, replace_once, request
 
 pytestmark = pytest.mark.timeout(120)
 
