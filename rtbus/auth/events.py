@@ -129,6 +129,11 @@ class ForwardingPresence:
     def connection_closed(self, session: Session) -> bool:
         return self.set_offline(session)
 
+    def on_presence_notify(self, dbname: str, payload: str) -> None:
+        """``rtbus_presence``: nothing to write back, the application keeps presence (each
+        connection's close is forwarded to it, and it knows which tabs are left)."""
+        return None
+
 
 def _who(session: Session) -> dict:
     return {"db": session.dbname, "sid": session.sid, "uid": session.uid,
