@@ -418,7 +418,7 @@ def scrape(host: str, port: int) -> dict[str, float]:
         if not match or match.group(1) not in WATCHED:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
-        own = [value for key, value in labels.items() if key not in ("process", "kind")]
+        own = [value for key, value in labels.items() if key not in ("process", "kind", "worker")]
         figures[match.group(1) + (f"{{{own[0]}}}" if own else "")] += float(match.group(3))
     return figures
 
