@@ -46,6 +46,9 @@ class ClientContext:
     connect_timeout: float = 10.0
     poll_timeout: float = 65.0
     deflate: bool = False               # websockets offer permessage-deflate
+    # False against Nchan: its websocket location names the channel, and a client message
+    # there is a publish attempt (closed with 1008).
+    subscribe: bool = True
     meter: Meter = dataclasses.field(default_factory=Meter)
     polls_held: int = 0                 # long-polls sent and not yet answered
 
@@ -173,7 +176,8 @@ class WebsocketClient(_Client):
                                                 cookie=ctx.cookie, db=ctx.db, deflate=ctx.deflate))
             head, rest = _read_head(sock)
             wire.check_handshake(head, key)
-            sock.sendall(wire.subscribe_frame([self.channel], last))
+            if ctx.subscribe:
+                sock.sendall(wire.subscribe_frame([self.channel], last))
         except Exception as exc:   # every failure is a counted outcome, not a crash
             ctx.meter.errors[_error_kind(exc)] += 1
             if sock is not None:

@@ -59,7 +59,8 @@ class Drill:
         self.progress_stream = None if options.quiet else progress
         self.ctx = ClientContext(options.target, options.origin, base, cookie=options.cookie,
                                  db=options.db, connect_timeout=options.connect_timeout,
-                                 poll_timeout=options.poll_timeout, deflate=options.deflate)
+                                 poll_timeout=options.poll_timeout, deflate=options.deflate,
+                                 subscribe=options.publish != "nchan")
         names = options.channel_names
         k = len(names)
         self.reactor = Reactor()
@@ -272,7 +273,7 @@ class Drill:
             "errors": dict(sorted(meter.errors.items())),
             "bench_cpu_percent": probes.cpu_percent(run.own, own),
             "bench_max_rss_kb": own["max_rss_kb"],
-            "server": _server(self.server, run.server, server),
+            "server": _server(self.server, run.server, server, meter.deliveries),
             "statements": (self.statements.delta(run.statements, self.statements.snapshot(),
                                                  meter.published)
                            if self.statements else None),
@@ -307,12 +308,14 @@ def _alive(client) -> bool:
     return client.running if client.kind == "lp" else client.connected
 
 
-def _server(probe, before: dict | None, after: dict | None) -> dict | None:
+def _server(probe, before: dict | None, after: dict | None, deliveries: int) -> dict | None:
     if probe is None:
         return None
+    cpu_us = (round(1e6 * (after["cpu_s"] - before["cpu_s"]) / deliveries, 2)
+              if before and after and deliveries else None)
     return {"pid": probe.pid, "pids": probe.pids, "title": probe.title,
             "rss_kb_before": before and before["rss_kb"], "rss_kb_after": after and after["rss_kb"],
-            "cpu_percent": probes.cpu_percent(before, after)}
+            "cpu_percent": probes.cpu_percent(before, after), "cpu_us_per_delivery": cpu_us}
 
 
 def _memory(server: dict | None, connections: int) -> dict | None:

@@ -3,7 +3,10 @@
 - ``sql``: ``SELECT rtbus_sendone(channel, type, payload)`` then COMMIT, in the served
   database (what an application in any language does);
 - ``python``: `rtbus.bus.publish.Publisher` on a connection to the served database;
-- ``http``: ``POST /bus/publish`` (JSON-RPC, ``Authorization: Bearer <key>``).
+- ``http``: ``POST /bus/publish`` (JSON-RPC, ``Authorization: Bearer <key>``);
+- ``nchan``: ``POST /pub/<channel>`` on an nginx with the Nchan module, for a side-by-side
+  comparison: the body is the batch a bus client would receive (numbered here, since
+  Nchan does not number messages the rtbus way), so the same clients read both servers.
 
 Every notification carries its publish time (``time.time()`` taken just before its
 transaction starts) under ``t``, so latency is measured from the publisher's clock to
@@ -22,7 +25,7 @@ from gevent import socket
 from rtbus.bench import wire
 from rtbus.bench.accounting import Meter, PublishLog
 
-PATHS = ("sql", "python", "http")
+PATHS = ("sql", "python", "http", "nchan")
 
 
 class PublishError(Exception):
@@ -131,6 +134,25 @@ class HttpPublisher:
             self.sock = None
 
 
+class NchanPublisher(HttpPublisher):
+    """``POST /pub/<channel>`` of one bus-shaped batch per notification, numbered here."""
+
+    def __init__(self, target: wire.Target, timeout: float = 10.0):
+        super().__init__(target, "", None, timeout)
+        self.next_id = 0
+
+    def publish(self, channel: str, pad: str) -> int:
+        self.next_id += 1
+        body = orjson.dumps([{"id": self.next_id, "message": {
+            "type": wire.NOTIFICATION_TYPE, "payload": _payload(pad)}}])
+        head = (f"POST {self.target.prefix}/pub/{channel} HTTP/1.1\r\nHost: {self.target.netloc}"
+                f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        status, _body = self._call(head.encode("latin-1") + body)
+        if status not in (200, 201, 202):
+            raise PublishError(f"http-{status}", "Nchan refused the message")
+        return self.next_id
+
+
 def _read_response(sock) -> tuple[int, bool, bytes]:
     reader = wire.HttpResponseReader()
     while True:
@@ -149,6 +171,8 @@ def make_publisher(path: str, *, dsn: str | None, imbus_db: str, target: wire.Ta
         return SqlPublisher(dsn)
     if path == "python":
         return PythonPublisher(dsn, imbus_db)
+    if path == "nchan":
+        return NchanPublisher(target)
     return HttpPublisher(target, api_key, db)
 
 

@@ -123,6 +123,9 @@ def _details(s: dict) -> list[str]:
         out.append(f"storm: {r['websockets']} websockets back in {r['seconds']:.2f} s (handshake p99 "
                    f"{_ms(hs['p99'])} ms); caught up after the drop: p50 {cu['p50']} s, p99 "
                    f"{cu['p99']} s, max {cu['max']} s; not caught up: {cu['not_caught_up']}")
+    if (s.get("server") or {}).get("cpu_us_per_delivery") is not None:
+        out.append(f"{s['stage']}: server CPU {s['server']['cpu_us_per_delivery']} µs per delivery "
+                   f"(process {s['server']['pid']})")
     if s.get("websocket_bytes_per_delivery"):
         out.append(f"{s['stage']}: websockets read {s['websocket_bytes_received']} bytes, "
                    f"{s['websocket_bytes_per_delivery']} per delivery")
