@@ -363,6 +363,19 @@ class SessionStore:
             raise SessionExpired("session expired")
         return current
 
+    def check_cached(self, session: Session) -> Session | None:
+        """check() when the answer needs no query: the session's current state when it is
+        public or freshly cached as valid, else None (only check() can tell). Never
+        blocks, never raises; for callers that must not wait (a write-through send)."""
+        if session.sid is None:
+            return session
+        with self._lock:
+            cached = self._cache.get((session.dbname, session.sid))
+            if cached is None or self._clock() >= cached.fresh_until:
+                return None
+            self._counters["hits"] += 1
+            return cached.session
+
     def check_poll(self, dbname: str, sid: str | None, is_first_poll: bool, *,
                    client: str | None = None, cookies=None) -> Session:
         """The session of a `/websocket/peek_notifications` call (Odoo's rule).

@@ -318,6 +318,22 @@ def test_cache_hits_and_bounded_size(conn, pool, db):
     assert stats["hits"] == 1 and stats["misses"] == 3
 
 
+def test_check_cached_answers_only_from_a_fresh_cache_entry(conn, pool, db):
+    clock = FakeClock()
+    store = store_for(pool, cache_seconds=1.0, clock=clock)
+    public = store.public(db)
+    assert store.check_cached(public) is public
+    sid = new_session(conn)
+    session = store.get(db, sid)
+    lookups = store.stats()["misses"]
+    assert store.check_cached(session) == session
+    clock.now += 1.1                                  # stale: only a query can tell
+    assert store.check_cached(session) is None
+    store.revoke(db, sid)                             # invalidated: never answered from memory
+    assert store.check_cached(session) is None
+    assert store.stats()["misses"] == lookups         # check_cached never queried
+
+
 def test_zero_cache_asks_every_time(conn, pool, db):
     store = store_for(pool, cache_seconds=0)
     sid = new_session(conn)

@@ -16,6 +16,11 @@ does more when the consumer is waiting for work:
   (a put, a close or an overflow), so a steady stream of batches to a busy consumer
   costs no wake-up at all.
 
+A consumer that can send without blocking (a websocket) may also give `send_now`: a put
+that finds the mailbox empty first offers the batch to it, and a batch it takes never
+enters the queue: no wake-up, no greenlet switch, no queue entry per delivery (see
+`WebsocketConnection._write_through`). The size bound applies to what is queued.
+
 A `threading.Condition` did this before; under gevent every wait allocated a lock and
 every notify yielded to the event loop, about a fifth of the evented process's CPU
 under fan-out.
@@ -39,16 +44,23 @@ class Mailbox:
     `on_ready(mailbox)` (optional) is called, outside the lock, from the thread or
     greenlet that put, closed or overflowed the mailbox, when its consumer had found
     it empty since the previous call (see the module docstring). It must not block.
+
+    `send_now(batch, since)` (optional) is called, under the lock, by a put that finds
+    the mailbox open and empty; True means the consumer took the batch (it is then not
+    queued and wakes nobody). It must not block nor touch the mailbox.
     """
 
-    __slots__ = ("max_bytes", "on_overflow", "on_ready", "overflowed", "closed", "last_id",
+    __slots__ = ("max_bytes", "on_overflow", "on_ready", "send_now", "overflowed", "closed",
+                 "last_id",
                  "last_since", "_batches", "_bytes", "_lock", "_drained", "_waiter")
 
     def __init__(self, max_bytes: int, on_overflow: Callable[[Mailbox], None] | None = None,
-                 on_ready: Callable[[Mailbox], None] | None = None):
+                 on_ready: Callable[[Mailbox], None] | None = None,
+                 send_now: Callable[[bytes, float | None], bool] | None = None):
         self.max_bytes = max_bytes
         self.on_overflow = on_overflow
         self.on_ready = on_ready
+        self.send_now = send_now
         self.overflowed = False
         self.closed = False
         self.last_id = 0              # highest notification id ever put
@@ -74,16 +86,16 @@ class Mailbox:
         with self._lock:
             if self.closed or self.overflowed:
                 return False
+            if not self._batches and self.send_now is not None and self.send_now(batch, since):
+                self._note_ids(ids)
+                return True
             if self._batches and self._bytes + len(batch) > self.max_bytes:
                 self.overflowed = True
                 accepted = False
             else:
                 self._batches.append((batch, since))
                 self._bytes += len(batch)
-                if ids:
-                    top = ids[-1] if len(ids) == 1 else max(ids)
-                    if top > self.last_id:
-                        self.last_id = top
+                self._note_ids(ids)
                 accepted = True
             wake = self._take_wakeup()
         if wake:
@@ -91,6 +103,12 @@ class Mailbox:
         if not accepted and self.on_overflow is not None:
             self.on_overflow(self)
         return accepted
+
+    def _note_ids(self, ids: Sequence[int]) -> None:
+        if ids:
+            top = ids[-1] if len(ids) == 1 else max(ids)
+            if top > self.last_id:
+                self.last_id = top
 
     def pop(self) -> bytes | None:
         """Return the oldest batch, or None at once when there is none.

@@ -96,6 +96,7 @@ def hub_figures(hub) -> dict:
         "rtbus_websocket_reauthorizations_total": counters["reauthorizations"],
         "rtbus_websocket_closes_total": {str(code): count for code, count in hub.closes.items()},
         "rtbus_websocket_batches_sent_total": counters["batches_sent"],
+        "rtbus_websocket_batches_written_through_total": counters["batches_written_through"],
         "rtbus_websocket_batches_compressed_total": counters["batches_compressed"],
         "rtbus_websocket_batch_bytes_sent_total": counters["batch_bytes_sent"],
         "rtbus_websocket_deflate_negotiated_total": counters["deflate_negotiated"],

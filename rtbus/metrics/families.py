@@ -81,6 +81,9 @@ _FAMILIES = (
     Family("rtbus_websocket_closes_total", "counter", "Websocket closes initiated by rtbus, by close code.",
            "code"),
     Family("rtbus_websocket_batches_sent_total", "counter", "Notification batches sent on websockets."),
+    Family("rtbus_websocket_batches_written_through_total", "counter",
+           "Batches among them sent by the dispatcher's own non-blocking send, without "
+           "queueing or waking a writer greenlet."),
     Family("rtbus_websocket_batches_compressed_total", "counter",
            "Batches among them sent compressed (permessage-deflate)."),
     Family("rtbus_websocket_batch_bytes_sent_total", "counter",

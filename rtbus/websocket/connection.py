@@ -1,15 +1,22 @@
 """One websocket connection on gevent: the I/O around the sans-I/O ServerProtocol.
 
-One greenlet per idle connection, two while it has something to send:
+One greenlet per connection, two while the client reads more slowly than batches come:
 
 - the *reader* (the request's own greenlet) waits for bytes, feeds the
   protocol, applies the rate limit, handles client events, and runs the timers
   (ping after `ping_interval` of silence, drop when a ping or close is not
   answered within `response_timeout`, close 4002 at the end of the jittered
   keep-alive lifetime);
+- *write-through*: a batch put in an empty mailbox is first offered to
+  `_write_through`, which sends its shared frame at once from the dispatcher's
+  greenlet with one non-blocking send, when nothing is ahead of it and the session
+  is known valid without a query. That is the common case, and it costs no queue
+  entry, no wake-up and no greenlet switch;
 - the *writer* takes encoded batches from the connection's bounded Mailbox
   (filled by ImDispatch, which never blocks) and sends them, re-checking the
-  session before each one. It is spawned by the mailbox's `on_ready` edge (a
+  session before each one. It also sends the tail of a write-through frame the
+  kernel took only part of, before anything else. It is spawned by that partial
+  send or by the mailbox's `on_ready` edge (a
   batch, an overflow or a close reaching a drained mailbox) and waits on a
   gevent Event for the next batch. The reader's next timer check (at most one
   ping interval away) retires it once it has waited `WRITER_IDLE_EXIT` seconds:
@@ -78,7 +85,8 @@ class WebsocketConnection:
         self.remote = remote
         self.protocol = ServerProtocol(max_message_size=settings.max_message_size, deflate=deflate,
                                        budget=hub.receive_budget)
-        self.mailbox = Mailbox(settings.mailbox_max_bytes, on_ready=self._on_mail)
+        self.mailbox = Mailbox(settings.mailbox_max_bytes, on_ready=self._on_mail,
+                               send_now=self._write_through)
         self.limiter = RateLimiter(settings.rate_limit_burst, settings.rate_limit_delay)
         now = time.monotonic()
         self.opened_at = now
@@ -97,6 +105,7 @@ class WebsocketConnection:
         self._mail = None                      # its wake-up (a gevent Event), made with it
         self._writer_parked_since: float | None = None   # when it began waiting for a batch
         self._retire_writer = False
+        self._unsent = None     # the tail of a write-through frame the kernel did not take
 
     def __repr__(self) -> str:
         return f"websocket #{self.id} ({self.remote}, {self.session!r})"
@@ -294,6 +303,11 @@ class WebsocketConnection:
 
     # -- writing ---------------------------------------------------------
     def _flush_locked(self) -> None:
+        unsent = self._unsent
+        if unsent is not None:
+            # The rest of a write-through frame goes first: nothing may cut into it.
+            self._unsent = None
+            self.sock.sendall(unsent)
         data = self.protocol.data_to_send()
         if data:
             # Without a timeout first: gevent's sendall arms a timer (and asks the
@@ -306,6 +320,49 @@ class WebsocketConnection:
             if sent < len(data):
                 self.sock.sendall(memoryview(data)[sent:])
             self.last_activity = time.monotonic()
+
+    def _write_through(self, batch: bytes, since: float | None) -> bool:
+        """The mailbox's send_now: send `batch` at once from the greenlet that put it,
+        without blocking; False leaves it to the queue and the writer greenlet.
+
+        Taken only when nothing can be ahead of the batch (no writer, so nothing queued
+        or half-sent; nobody in the send lock), the connection is open and its session
+        is known valid without a query. The kernel taking only part of the frame is the
+        one case that needs the writer: it is started to send the rest within the send
+        timeout, and the next batches queue behind it, under the usual bounds.
+        """
+        if (self._writer is not None or self._terminated or self._send_lock.locked()
+                or self.protocol.state is not State.OPEN):
+            return False
+        session = self.hub.sessions.check_cached(self.session)
+        if session is None:
+            return False
+        self.session = session
+        frame = self.protocol.send_message(self.hub.outgoing.get(batch))
+        data = self.protocol.data_to_send()
+        try:
+            sent = self.sock.send(data, 0, 0.0)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return False       # broken: the writer will find out and end the connection
+        self.last_activity = time.monotonic()
+        if sent < len(data):
+            self._unsent = memoryview(data)[sent:]
+            self._mail = gevent.event.Event()
+            self._writer = gevent.spawn(self._writer_loop)
+        self.hub.counters["batches_written_through"] += 1
+        self._count_sent(frame, since)
+        return True
+
+    def _count_sent(self, frame: bytes, since: float | None) -> None:
+        counters = self.hub.counters
+        counters["batches_sent"] += 1
+        counters["batch_bytes_sent"] += len(frame)
+        if is_compressed_frame(frame):
+            counters["batches_compressed"] += 1
+        if since is not None:
+            self.hub.latency.observe(time.monotonic() - since)
 
     def _on_mail(self, mailbox) -> None:
         # The mailbox's on_ready: a batch, an overflow or a close reached a drained
@@ -343,6 +400,8 @@ class WebsocketConnection:
             self._writer_parked_since = None
 
     def _write_batches(self) -> None:
+        if self._unsent is not None and not self._send_rest():
+            return
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -360,19 +419,25 @@ class WebsocketConnection:
                         return
                     frame = self.protocol.send_message(self.hub.outgoing.get(batch))
                     self._flush_locked()
-                counters = self.hub.counters
-                counters["batches_sent"] += 1
-                counters["batch_bytes_sent"] += len(frame)
-                if is_compressed_frame(frame):
-                    counters["batches_compressed"] += 1
-                if self.mailbox.last_since is not None:
-                    self.hub.latency.observe(time.monotonic() - self.mailbox.last_since)
+                self._count_sent(frame, self.mailbox.last_since)
             except socket.timeout:
                 self._drop_slow_consumer(f"a send blocked for {self.hub.settings.send_timeout:.0f} s")
                 return
             except OSError:
                 self._terminate()
                 return
+
+    def _send_rest(self) -> bool:
+        """Send what the kernel did not take of a write-through frame; False: it is over."""
+        try:
+            with self._send_lock:
+                self._flush_locked()
+            return True
+        except socket.timeout:
+            self._drop_slow_consumer(f"a send blocked for {self.hub.settings.send_timeout:.0f} s")
+        except OSError:
+            self._terminate()
+        return False
 
     def _drop_slow_consumer(self, why: str) -> None:
         self.hub.counters["slow_consumers"] += 1

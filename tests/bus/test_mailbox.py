@@ -89,3 +89,45 @@ def test_pop_returns_the_since_of_each_batch():
     box.put(b"[2]", [2])
     assert box.pop() == b"[1]" and box.last_since == 5.0
     assert box.pop() == b"[2]" and box.last_since is None
+
+
+# -- write-through: send_now ---------------------------------------------------
+
+
+def test_a_batch_taken_by_send_now_is_not_queued_and_wakes_nobody():
+    sent, woken = [], []
+    box = Mailbox(100, on_ready=woken.append,
+                  send_now=lambda batch, since: sent.append((batch, since)) or True)
+    assert box.put(b"[1]", [4], since=1.5)
+    assert sent == [(b"[1]", 1.5)] and woken == [] and len(box) == 0
+    assert box.last_id == 4 and box.pending_bytes == 0
+
+
+def test_a_batch_send_now_refuses_is_queued_and_wakes_the_consumer():
+    offered, woken = [], []
+    box = Mailbox(100, on_ready=woken.append,
+                  send_now=lambda batch, since: offered.append(batch) and False)
+    assert box.put(b"[1]", [1])
+    assert offered == [b"[1]"] and woken == [box] and box.pop() == b"[1]"
+
+
+def test_send_now_is_not_offered_a_batch_that_would_overtake_the_queue():
+    offered = []
+
+    def send_now(batch, since):
+        offered.append(batch)
+        return batch != b"[1]"       # the first is refused, so it waits in the queue
+
+    box = Mailbox(100, send_now=send_now)
+    box.put(b"[1]", [1])
+    box.put(b"[2]", [2])
+    assert offered == [b"[1]"]
+    assert [box.pop(), box.pop()] == [b"[1]", b"[2]"]
+    assert box.put(b"[3]", [3]) and offered == [b"[1]", b"[3]"] and len(box) == 0
+
+
+def test_send_now_is_not_offered_anything_once_closed_or_overflowed():
+    offered = []
+    box = Mailbox(3, send_now=lambda batch, since: offered.append(batch) or True)
+    box.close()
+    assert not box.put(b"[1]", [1]) and offered == []

@@ -16,6 +16,7 @@ from rtbus.websocket.handshake import WORKER_VERSION
 from busclient import (connect, nothing_more, receive, receive_ids, receive_wanted,
                        received_before, subscribe)
 from serverproc import http_get
+from waiting import metric
 from wsclient import RawWebsocket
 
 
@@ -49,6 +50,25 @@ def test_subscribe_publish_receive(server, publish):
         assert got == [{"id": ids[0], "message": {"type": "hello", "payload": {"text": "hi"}}},
                        {"id": ids[1], "message": {"type": "news", "payload": [1, 2]}}]
         assert nothing_more(ws)
+    finally:
+        ws.close()
+
+
+def test_a_reading_client_gets_its_batches_written_through(server, publish):
+    # The dispatcher's own non-blocking send: no mailbox, no writer greenlet.
+    port = server.longpolling_port
+    ws = connect(port)
+    try:
+        (marker,) = publish("nobody-listens", "marker")     # nothing older is replayed
+        subscribe(ws, ["room"], last=marker)
+        sent = metric(port, "rtbus_websocket_batches_sent_total")
+        through = metric(port, "rtbus_websocket_batches_written_through_total")
+        ids = []
+        for n in range(5):
+            ids += publish("room", "hello", n)
+            assert receive_ids(ws, ids[-1:]) == ids[-1:]
+        assert metric(port, "rtbus_websocket_batches_sent_total") - sent == 5
+        assert metric(port, "rtbus_websocket_batches_written_through_total") - through == 5
     finally:
         ws.close()
 
@@ -321,6 +341,30 @@ def test_slow_consumer_is_dropped_without_delaying_others(tight_server, publish)
     finally:
         slow.close()
         fast.close()
+
+
+def test_a_frame_the_kernel_takes_in_part_is_finished_before_the_next(tight_server, publish):
+    # A 300 KB batch cannot fit a 4 KB receive window and the send buffer: the write-through
+    # send takes part of it, the writer sends the rest, and the batches queued meanwhile
+    # follow it, intact and in order.
+    ws = RawWebsocket(tight_server.longpolling_port, rcvbuf=4096, timeout=10)
+    try:
+        (marker,) = publish("nobody-listens", "marker")     # nothing older is replayed
+        ws.send_text(json.dumps({"event_name": "subscribe", "data": {"channels": ["lobby"],
+                                                                    "last": marker}}))
+        ws.barrier()
+        large = "z" * 300_000
+        ids = publish("lobby", "large", large) + publish("lobby", "small", 1, count=3)
+        got = []
+        while len(got) < len(ids):
+            frame = ws.read_frame()
+            assert frame is not None, f"the connection ended after {got}"
+            if frame.opcode == Opcode.TEXT:
+                got += json.loads(frame.payload)
+        assert [n["id"] for n in got] == ids
+        assert got[0]["message"]["payload"] == large
+    finally:
+        ws.close()
 
 
 def test_sigterm_closes_websockets_with_1001(start_server):
