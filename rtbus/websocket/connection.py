@@ -74,6 +74,13 @@ def _grants(session) -> tuple:
 class WebsocketConnection:
     """The server side of one open websocket. `run()` blocks until it is over."""
 
+    # Thousands of these live at once, most of them idle: no per-instance dict.
+    __slots__ = ("hub", "id", "sock", "session", "dbname", "remote", "protocol", "mailbox",
+                 "limiter", "opened_at", "last_activity", "expires_at", "ping_deadline",
+                 "close_code", "_initial", "_send_lock", "_terminated", "_subscribed",
+                 "_bad_events", "_writer", "_mail", "_writer_parked_since", "_retire_writer",
+                 "_unsent")
+
     def __init__(self, hub, sock: socket.socket, session, *, remote: str, initial: bytes = b"",
                  deflate: DeflateParams | None = None):
         settings = hub.settings
@@ -114,8 +121,9 @@ class WebsocketConnection:
     def run(self) -> None:
         self.sock.settimeout(self.hub.settings.send_timeout)
         try:
-            if self._initial:
-                self._receive(self._initial)
+            initial, self._initial = self._initial, b""
+            if initial:
+                self._receive(initial)
             self._reader_loop()
         finally:
             self.protocol.discard_input()     # give its partial message back to the budget

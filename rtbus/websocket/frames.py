@@ -154,6 +154,9 @@ class FrameParser:
     parser's state is undefined: the connection is over.
     """
 
+    __slots__ = ("max_frame_size", "require_mask", "check_header", "allow_rsv1", "_buffer",
+                 "_header")
+
     def __init__(self, max_frame_size: int, require_mask: bool = True,
                  check_header: HeaderCheck | None = None, allow_rsv1: bool = False):
         self.max_frame_size = max_frame_size

@@ -117,6 +117,11 @@ class ServerProtocol:
     rate limit.
     """
 
+    __slots__ = ("max_message_size", "deflate", "_budget", "_reserved", "state", "close_sent",
+                 "close_received", "close_code", "close_reason", "frames_received", "_failed",
+                 "_outgoing", "_compressed_limit", "_parser", "_message_opcode", "_message_size",
+                 "_wire_size", "_inflater", "_fragments", "_text_parts", "_decoder")
+
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, *,
                  deflate: DeflateParams | None = None, budget: ReceiveBudget | None = None):
         self.max_message_size = max_message_size
