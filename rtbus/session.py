@@ -273,6 +273,7 @@ class SessionStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._cache: collections.OrderedDict[tuple[str, str], _Cached] = collections.OrderedDict()
+        self._public: dict[str, Session] = {}     # served databases only: bounded
         self._counters = dict.fromkeys(("hits", "misses", "refused", "forged", "over_budget",
                                         "evictions", "invalidations", "lookups"), 0)
 
@@ -328,8 +329,14 @@ class SessionStore:
         return session
 
     def public(self, dbname: str) -> Session:
-        """The session of a visitor without a cookie: no user, no partner, no groups."""
-        return Session(sid=None, dbname=dbname, uid=None, partner_id=None, group_ids=())
+        """The session of a visitor without a cookie: no user, no partner, no groups.
+
+        One immutable object per database, shared by every visitor's connection."""
+        session = self._public.get(dbname)
+        if session is None:
+            session = Session(sid=None, dbname=dbname, uid=None, partner_id=None, group_ids=())
+            self._public[dbname] = session
+        return session
 
     def authenticate(self, dbname: str, sid: str | None, *, client: str | None = None,
                      cookies=None) -> Session:

@@ -19,9 +19,10 @@ import time
 
 import gevent
 import gevent.pool
-from gevent.pywsgi import Input, WSGIHandler, WSGIServer, headers_factory
+from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from rtbus.http.proxy import forwarded_client
+from rtbus.service.request_headers import RequestHeaders
 from rtbus.websocket import frames, handshake
 from rtbus.websocket.edge import REFUSAL_SLOTS, ConnectionCounts, Deadlines, EdgeLimits, Phase, Refusal
 
@@ -283,7 +284,8 @@ class EdgeHandler(WSGIHandler):
         return "408", _TIMEOUT
 
     def MessageClass(self, fp, *args):
-        return headers_factory(io.BytesIO(self._read_head(fp)), *args)
+        # pywsgi's own reader (headers_factory) runs the email package over every head.
+        return RequestHeaders.read(io.BytesIO(self._read_head(fp)))
 
     def _read_head(self, fp) -> bytes:
         """The header lines of the request, up to the blank line; 431 past the limit."""
