@@ -123,7 +123,7 @@ def main() -> int:
     p.add_argument("--dsn", required=True, help="the served database, for SQL publishing")
     p.add_argument("--nchan-port", type=int, default=18272)
     p.add_argument("--workloads", default="100x50,1000x50,3000x50,10000x10",
-                   help="SUBSCRIBERSxRATE,... (each a ramp then a hold)")
+                   help="SUBSCRIBERSxRATE,... (each a ramp then a hold); empty: none")
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--idle", type=int, default=5000,
                    help="websockets of the ramp-only run (memory, handshakes); 0: none")
@@ -148,7 +148,7 @@ def main() -> int:
                      for target, pid, extra in sides.values()]
             rows.append(("idle websocket (RSS growth)", [r[0] for r in ramps]))
             rows.append(("handshakes (concurrency 50)", [r[1] for r in ramps]))
-        for workload in options.workloads.split(","):
+        for workload in filter(None, options.workloads.split(",")):
             n, rate = workload.split("x")
             cells = [fanout_row(bench(target, pid, [*extra, "-n", n, "--rate", rate,
                                                     "--duration", str(options.duration),
