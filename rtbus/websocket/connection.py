@@ -79,7 +79,7 @@ class WebsocketConnection:
                  "limiter", "opened_at", "last_activity", "expires_at", "ping_deadline",
                  "close_code", "_initial", "_send_lock", "_terminated", "_subscribed",
                  "_bad_events", "_writer", "_mail", "_writer_parked_since", "_retire_writer",
-                 "_unsent")
+                 "_unsent", "subscribe_request", "following")
 
     def __init__(self, hub, sock: socket.socket, session, *, remote: str, initial: bytes = b"",
                  deflate: DeflateParams | None = None):
