@@ -32,7 +32,7 @@ MAX_FORWARDED_VALUE = 512      # characters of one forwarded cookie; longer ones
 
 
 class ProxySessions:
-    """SessionStore's interface (authenticate, check, check_poll, public, invalidate,
+    """SessionStore's interface (authenticate, check, check_cached, check_poll, public, invalidate,
     on_session_notify, stats) answered from `proxy`. `cookie_names`: the cookies besides
     session_id that the application hears (auth_proxy_cookies)."""
 
@@ -70,6 +70,15 @@ class ProxySessions:
         if not grant.valid:
             raise SessionExpired("session expired")
         return self.proxy.session_for(dbname, sid, grant, forwarded)
+
+    def check_cached(self, session: Session) -> Session | None:
+        """check() for a caller that must not wait nor raise (a write-through send):
+        check() never waits on the application; a session that ended gives None, and
+        the caller's slow path (the writer's check) closes the connection."""
+        try:
+            return self.check(session)
+        except SessionExpired:
+            return None
 
     def check(self, session: Session) -> Session:
         """Re-check an open connection's session from what the application said last;
