@@ -26,7 +26,7 @@ from rtbus.errors import ConfigError, RtbusError, StartupError
 from rtbus.log import log_notes, setup_logging
 from rtbus.service import process
 
-_logger = logging.getLogger("rtbus.cli")
+_logger = logging.getLogger(__name__)
 
 PROG = "rtbus-server"
 COMMANDS = ("serve", "initdb", "send", "budget", "session", "status")

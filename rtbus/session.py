@@ -38,7 +38,7 @@ import psycopg2.extras
 from rtbus.errors import LookupBudgetExceeded, RtbusError, SessionExpired  # noqa: F401
 from rtbus.session_guard import SessionGuard
 
-logger = logging.getLogger("rtbus.session")
+_logger = logging.getLogger(__name__)
 
 COOKIE_NAME = "session_id"          # Odoo's cookie
 DEFAULT_TTL = 7 * 86400             # Odoo's session lifetime
@@ -197,7 +197,7 @@ def gc_sessions(conn, batch_size: int = 10_000, max_batches: int = 100) -> int:
         conn.rollback()
         raise
     if deleted:
-        logger.info("session GC deleted %d expired session(s) from %s", deleted, conn.info.dbname)
+        _logger.info("session GC deleted %d expired session(s) from %s", deleted, conn.info.dbname)
     return deleted
 
 

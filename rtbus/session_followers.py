@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from rtbus.session import SID_PREFIX_LENGTH
 
-logger = logging.getLogger("rtbus.session_followers")
+_logger = logging.getLogger(__name__)
 
 
 class SessionFollowers:
@@ -74,5 +74,5 @@ class SessionFollowers:
             try:
                 callback()
             except Exception:
-                logger.exception("a follower of a changed session failed")
+                _logger.exception("a follower of a changed session failed")
         return len(called)

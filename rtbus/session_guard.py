@@ -31,7 +31,7 @@ import time
 
 from rtbus.errors import SchemaError
 
-logger = logging.getLogger("rtbus.session_guard")
+_logger = logging.getLogger(__name__)
 
 SID_PREFIX = "rb1_"
 NONCE_BYTES = 32
@@ -132,7 +132,7 @@ class LookupBudget:
             self.refusals += 1
             unwarned = self._unwarned_locked(now)
         if unwarned:
-            logger.warning("session look-up budget spent: refused %d request(s) with unknown session "
+            _logger.warning("session look-up budget spent: refused %d request(s) with unknown session "
                            "ids since the last warning without asking the database (last from %s; "
                            "session_lookup_budget %d/min per client, %d/min in all)",
                            unwarned, key, self.per_client, self.total)

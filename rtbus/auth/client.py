@@ -26,7 +26,7 @@ import orjson
 
 from rtbus.errors import AuthProxyUnavailable, ConfigError
 
-logger = logging.getLogger("rtbus.auth.client")
+_logger = logging.getLogger(__name__)
 
 TIMESTAMP_HEADER = "X-Rtbus-Timestamp"
 SIGNATURE_HEADER = "X-Rtbus-Signature"

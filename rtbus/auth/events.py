@@ -29,7 +29,7 @@ from rtbus.bus.presence import check_inactivity
 from rtbus.errors import AuthProxyUnavailable
 from rtbus.session import Session
 
-logger = logging.getLogger("rtbus.auth.events")
+_logger = logging.getLogger(__name__)
 
 EVENTS_PATH = "events"
 BATCH_SIZE = 500
@@ -89,11 +89,11 @@ class EventForwarder:
                 self.client.post(EVENTS_PATH, {"events": batch})
             except AuthProxyUnavailable as exc:
                 self.counters["failed"] += len(batch)
-                logger.warning("could not forward %d event(s) to the application: %s "
+                _logger.warning("could not forward %d event(s) to the application: %s "
                                "(%d still queued)", len(batch), exc, len(self._queue))
             except Exception:
                 self.counters["failed"] += len(batch)
-                logger.exception("forwarding %d event(s) to the application failed", len(batch))
+                _logger.exception("forwarding %d event(s) to the application failed", len(batch))
             else:
                 self.counters["sent"] += len(batch)
                 self.counters["batches"] += 1

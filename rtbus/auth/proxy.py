@@ -26,7 +26,7 @@ from rtbus.errors import AuthProxyUnavailable
 from rtbus.metrics.histogram import Histogram
 from rtbus.session import SID_PREFIX_LENGTH, Session
 
-logger = logging.getLogger("rtbus.auth.proxy")
+_logger = logging.getLogger(__name__)
 
 SUBSCRIBE_PATH = "subscribe"
 IDENTITY_ONLY = ()        # the channel list of an identity re-check
@@ -103,7 +103,7 @@ class AuthProxy:
             if known is not None and self.identities.peek((dbname, sid)) is None:
                 self.identities.put((dbname, sid), known[0], asked_at=known[2])
         except AuthProxyUnavailable as exc:
-            logger.warning("could not re-check session %s… of %s with the application: %s; "
+            _logger.warning("could not re-check session %s… of %s with the application: %s; "
                            "its open connections keep their channels", sid[:6], dbname, exc)
         finally:
             with self._lock:

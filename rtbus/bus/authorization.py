@@ -70,7 +70,7 @@ from rtbus.bus import channels as bus_channels
 from rtbus.errors import InvalidSubscription
 from rtbus.session import Session
 
-logger = logging.getLogger("rtbus.bus.authorization")
+_logger = logging.getLogger(__name__)
 
 BROADCAST = "broadcast"
 PRESENCE_PREFIX = "odoo-presence-"
@@ -185,7 +185,7 @@ class ChannelPolicy:
         for channel in server_channels(session):
             encoded.add(_encode(db, channel))
         if dropped:
-            logger.debug("dropped %d channel(s) not allowed to %r: %s", len(dropped), session,
+            _logger.debug("dropped %d channel(s) not allowed to %r: %s", len(dropped), session,
                          ", ".join(repr(name[:80]) for name in dropped[:10]))
         return Subscription(db, tuple(sorted(encoded)), tuple(sorted(presence_ids)), tuple(dropped))
 
@@ -328,7 +328,7 @@ class AfterSubscribeHooks:
                 hook(session, subscription, context)
             except Exception:
                 failures += 1
-                logger.exception("after-subscribe hook %s failed for %r (%d channels)",
+                _logger.exception("after-subscribe hook %s failed for %r (%d channels)",
                                  getattr(hook, "__qualname__", hook), session,
                                  len(subscription.channels))
         return failures

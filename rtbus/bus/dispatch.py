@@ -46,7 +46,7 @@ from rtbus.bus.notify import IMBUS
 
 __all__ = ["ImDispatch", "Mailbox"]
 
-logger = logging.getLogger("rtbus.bus.dispatch")
+_logger = logging.getLogger(__name__)
 
 BACKLOG_SECONDS = 50.0        # Odoo's TIMEOUT: what `last = 0` replays
 IDLE_FETCH_SECONDS = 30.0     # safety-net fetch when no NOTIFY came (a lost NOTIFY)
@@ -271,7 +271,7 @@ class ImDispatch:
     # -- the dispatcher thread --------------------------------------------------------------
 
     def _run(self) -> None:
-        logger.info("ImDispatch listening on %r in database(s) %s for %d served database(s)",
+        _logger.info("ImDispatch listening on %r in database(s) %s for %d served database(s)",
                     IMBUS, ", ".join(self._links), len(self._dbs))
         try:
             self._reconnect(initial=True)
@@ -282,13 +282,13 @@ class ImDispatch:
                 except Exception:
                     # A bug, not a connection problem (those are handled where they occur):
                     # keep serving, but do not spin.
-                    logger.exception("ImDispatch iteration failed")
+                    _logger.exception("ImDispatch iteration failed")
                     self._stopping.wait(1.0)
         finally:
             self._first_round.set()
             for link in self._links.values():
                 self._close_link(link)
-            logger.info("ImDispatch stopped")
+            _logger.info("ImDispatch stopped")
 
     def _iterate(self) -> None:
         now = time.monotonic()
@@ -377,7 +377,7 @@ class ImDispatch:
         try:
             self._listeners[channel](dbname, payload)
         except Exception:
-            logger.exception("ImDispatch: the %r listener failed", channel)
+            _logger.exception("ImDispatch: the %r listener failed", channel)
 
     def _wake_databases(self, link: _Link, payload: str) -> None:
         """Mark for fetching the databases with a subscriber on an announced channel."""
@@ -473,7 +473,7 @@ class ImDispatch:
             else:
                 # Not the connection (bus_bus missing, say): retried at the idle interval.
                 db.woken = False
-                logger.error("ImDispatch fetch failed in database %s: %s; retrying in %.0f s",
+                _logger.error("ImDispatch fetch failed in database %s: %s; retrying in %.0f s",
                              db.name, str(exc).strip(), self.idle_fetch_seconds)
             return
         db.epoch = epoch
@@ -494,7 +494,7 @@ class ImDispatch:
     def _regressed(self, db: Database, epoch: int) -> None:
         self._counters["regressions"] += 1
         subs = [sub for sub in self._subs.values() if sub.dbname == db.name]
-        logger.warning("ImDispatch: the bus stream of database %s went backwards (bus_bus "
+        _logger.warning("ImDispatch: the bus stream of database %s went backwards (bus_bus "
                        "truncated with RESTART IDENTITY, sequence reset or restore): it "
                        "restarts at epoch %d; %d subscriber(s) carry on", db.name, epoch, len(subs))
         delivery.restart(subs, epoch)
@@ -514,7 +514,7 @@ class ImDispatch:
                 failures.append((link.dbname, exc))
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
-                    logger.warning("ImDispatch cannot LISTEN in database %s: %s; retrying "
+                    _logger.warning("ImDispatch cannot LISTEN in database %s: %s; retrying "
                                    "with backoff", link.dbname, str(exc).strip())
                 # The imbus link first: without it, a served link's cursor could be
                 # read after NOTIFYs it will never hear.
@@ -525,7 +525,7 @@ class ImDispatch:
             return
         if self._outage_since is not None and not initial:
             self._counters["listen_reconnects"] += 1
-            logger.info("ImDispatch LISTEN restored after %.1f s and %d attempts",
+            _logger.info("ImDispatch LISTEN restored after %.1f s and %d attempts",
                         now - self._outage_since, self._outage_attempts)
         self._outage_since = None
         self._outage_attempts = 0
@@ -583,10 +583,10 @@ class ImDispatch:
             self._outage_since = time.monotonic()
             self._outage_attempts = 0
             self._next_attempt = self._outage_since + self._backoff(0)
-            logger.warning("ImDispatch lost its LISTEN connection to database %s (%s); "
+            _logger.warning("ImDispatch lost its LISTEN connection to database %s (%s); "
                            "reconnecting with backoff", link.dbname, str(exc).strip())
         else:
-            logger.debug("ImDispatch: LISTEN connection to %s also lost: %s", link.dbname, exc)
+            _logger.debug("ImDispatch: LISTEN connection to %s also lost: %s", link.dbname, exc)
         for db in self._dbs.values():
             db.woken = True
 

@@ -13,7 +13,7 @@ import time
 
 import psycopg2.extensions
 
-logger = logging.getLogger("rtbus.bus.gc")
+_logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 10_000
 DEFAULT_MAX_BATCHES = 100
@@ -78,7 +78,7 @@ def collect_garbage(conn, retention_seconds: float, batch_size: int = DEFAULT_BA
         raise
     finally:
         conn.autocommit = saved_autocommit
-    logger.info("bus GC deleted %d row(s) older than %.0f s from %s in %.2f s",
+    _logger.info("bus GC deleted %d row(s) older than %.0f s from %s in %.2f s",
                 deleted, retention_seconds, conn.info.dbname, time.monotonic() - started)
     return deleted
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from psycopg2 import sql
 
-logger = logging.getLogger("rtbus.bus.notify")
+_logger = logging.getLogger(__name__)
 
 IMBUS = "imbus"
 DEFAULT_MAX_LENGTH = 8000
@@ -31,7 +31,7 @@ def notify_payloads(channels: Sequence[str], max_length: int = DEFAULT_MAX_LENGT
     """
     payloads = _split(list(channels), max_length)
     if len(payloads) > 1:
-        logger.info("imbus notification payload too large, split into %d payloads",
+        _logger.info("imbus notification payload too large, split into %d payloads",
                     len(payloads))
     return payloads
 

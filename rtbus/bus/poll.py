@@ -36,7 +36,7 @@ from rtbus.bus.delivery import Limits
 from rtbus.bus.mailbox import Mailbox
 from rtbus.errors import Overloaded
 
-logger = logging.getLogger("rtbus.bus.poll")
+_logger = logging.getLogger(__name__)
 
 EMPTY_BATCH = b"[]"
 REFUSAL_LOG_INTERVAL = 60.0   # seconds between two warnings about refused polls
@@ -186,7 +186,7 @@ class LongPolls:
         for poll in held:
             poll.stop()
         if held:
-            logger.info("answered %d held long-poll(s): the server is stopping", len(held))
+            _logger.info("answered %d held long-poll(s): the server is stopping", len(held))
         return len(held)
 
     @property
@@ -225,14 +225,14 @@ class LongPolls:
             self._counters[outcome.value if outcome is not None else "failed"] += 1
             held = len(self._held)
         if outcome is Outcome.LEFT:
-            logger.debug("%s released after %.1f s: the client disconnected (%d held)",
+            _logger.debug("%s released after %.1f s: the client disconnected (%d held)",
                          poll, self._clock() - poll.started, held)
 
     def _log_refusal_locked(self) -> None:
         self._refused_since_log += 1
         now = self._clock()
         if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:
-            logger.warning("refused %d long-poll(s): %d held, longpolling_max_polls is %d",
+            _logger.warning("refused %d long-poll(s): %d held, longpolling_max_polls is %d",
                            self._refused_since_log, len(self._held), self.max_polls)
             self._last_refusal_log = now
             self._refused_since_log = 0

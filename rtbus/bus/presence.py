@@ -59,7 +59,7 @@ from rtbus.bus.publish import Notifier, publishing, sendone
 from rtbus.errors import InvalidPresence
 from rtbus.session import Session
 
-logger = logging.getLogger("rtbus.bus.presence")
+_logger = logging.getLogger(__name__)
 
 AWAY_TIMER = 1800                    # seconds of inactivity before "away" (Odoo)
 PRESENCE_OUTDATED_TIMER = 12 * 3600  # seconds without poll before the GC removes (Odoo)
@@ -246,7 +246,7 @@ def gc_presences(conn, notifier: Notifier | None = None, batch_size: int = 10_00
         if len(rows) < batch_size:
             break
     if deleted:
-        logger.info("presence GC removed %d presence(s) older than %d s from %s",
+        _logger.info("presence GC removed %d presence(s) older than %d s from %s",
                     deleted, PRESENCE_OUTDATED_TIMER, conn.info.dbname)
     return deleted
 
@@ -426,7 +426,7 @@ class PresenceService:
                 self._write(dbname, state, token, status, lambda conn: write_presence(
                     conn, key[1], partner_id, status, inactivity, self.update_interval))
             except Exception as exc:
-                logger.warning("presence of user %d on %s not written back: %s", key[1], dbname, exc)
+                _logger.warning("presence of user %d on %s not written back: %s", key[1], dbname, exc)
 
         threading.Thread(target=reassert, name=f"presence-{key[1]}", daemon=True).start()
 

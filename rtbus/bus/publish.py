@@ -41,7 +41,7 @@ import psycopg2.extras
 from rtbus.bus import channels as bus_channels
 from rtbus.bus.notify import DEFAULT_FUNCTION, DEFAULT_MAX_LENGTH, notify_payloads, send_notify
 
-logger = logging.getLogger("rtbus.bus.publish")
+_logger = logging.getLogger(__name__)
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 
@@ -227,7 +227,7 @@ def _notify_after_commit(conn, pending: _Pending, notifier: Notifier | None) -> 
     try:
         (notifier or default_notifier()).notify(conn, list(pending.channels))
     except Exception:
-        logger.exception("bus rows committed but the NOTIFY of %d channel(s) failed; "
+        _logger.exception("bus rows committed but the NOTIFY of %d channel(s) failed; "
                          "they will be delivered at the dispatcher's next wake-up",
                          len(pending.channels))
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from rtbus.bus.delivery import CatchUp, Replayed, Row, plausible
 
-logger = logging.getLogger("rtbus.bus.stream")
+_logger = logging.getLogger(__name__)
 
 _NEXT_SQL = ("SELECT epoch, id, channel, message, recent, regressed"
              " FROM rtbus_bus_stream_next(%s, %s)")
@@ -61,5 +61,5 @@ def _plausible(row_id: int, message: str | None, where: str) -> bool:
     # is not a JSON object would corrupt every batch it is part of.
     if plausible(message):
         return True
-    logger.warning("bus_bus row %d%s is not a JSON object: skipped", row_id, where)
+    _logger.warning("bus_bus row %d%s is not a JSON object: skipped", row_id, where)
     return False

@@ -30,7 +30,7 @@ from psycopg2 import sql
 
 from rtbus.errors import ClusterError
 
-logger = logging.getLogger("rtbus.db.cluster")
+_logger = logging.getLogger(__name__)
 
 # sun_path is 108 bytes on Linux, one of which is the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -244,7 +244,7 @@ class Cluster:
         self._run(command, what="initdb", timeout=120)
         with open(self.datadir / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write(f"\n# Settings managed by rtbus, rewritten at each start.\ninclude_if_exists = '{SETTINGS_FILE}'\n")
-        logger.info("initialised PostgreSQL cluster in %s", self.datadir)
+        _logger.info("initialised PostgreSQL cluster in %s", self.datadir)
         return True
 
     def start(self, timeout: float = 30) -> bool:
@@ -273,7 +273,7 @@ class Cluster:
         self._run([str(self.bindir / "pg_ctl"), "start", "-D", str(self.datadir), "-l", str(self.log_path),
                    "-w", "-t", str(max(1, int(timeout)))], what="pg_ctl start", timeout=timeout + 5)
         self._wait_accepting(deadline)
-        logger.info("started PostgreSQL in %s (pid %s, socket %s, port %d)",
+        _logger.info("started PostgreSQL in %s (pid %s, socket %s, port %d)",
                     self.datadir, self.pid(), socket_dir, self.port)
         return True
 
@@ -283,7 +283,7 @@ class Cluster:
             return
         self._run([str(self.bindir / "pg_ctl"), "stop", "-D", str(self.datadir), "-m", mode,
                    "-w", "-t", str(max(1, int(timeout)))], what="pg_ctl stop", timeout=timeout + 5)
-        logger.info("stopped PostgreSQL in %s", self.datadir)
+        _logger.info("stopped PostgreSQL in %s", self.datadir)
 
     def restart(self, timeout: float = 30) -> None:
         """Stop (fast) then start the server, keeping its port and socket directory."""
@@ -311,7 +311,7 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise ClusterError(f"PostgreSQL processes {victims} survived SIGKILL for 10 s.")
             time.sleep(0.02)
-        logger.info("killed PostgreSQL in %s (pid %d)", self.datadir, pid)
+        _logger.info("killed PostgreSQL in %s (pid %d)", self.datadir, pid)
 
     def destroy(self) -> None:
         """Stop the server (immediate mode) and delete the data directory and any private socket directory."""

@@ -10,7 +10,7 @@ import pathlib
 
 from rtbus.db.cluster import Cluster
 
-logger = logging.getLogger("rtbus.db.embedded")
+_logger = logging.getLogger(__name__)
 
 # Setting any one of these means "use that server", never the embedded one.
 _SERVER_SETTINGS = ("db_host", "db_port", "db_user", "db_password", "db_name")
@@ -44,9 +44,9 @@ def start_embedded(config, *, timeout: float = 60) -> tuple[Cluster, bool, objec
     cluster = Cluster(datadir, tcp=False)
     cluster.init()
     started = cluster.start(timeout=timeout)
-    logger.info("embedded PostgreSQL in %s (socket %s, port %d)", cluster.datadir, cluster.host, cluster.port)
+    _logger.info("embedded PostgreSQL in %s (socket %s, port %d)", cluster.datadir, cluster.host, cluster.port)
     if not started:
-        logger.info("embedded PostgreSQL was already running (pid %s): it will be left running",
+        _logger.info("embedded PostgreSQL was already running (pid %s): it will be left running",
                     cluster.pid())
     return cluster, started, config.replace(db_host=cluster.host, db_port=cluster.port,
                                             db_user=Cluster.superuser)

@@ -26,7 +26,7 @@ import psycopg2.extensions
 
 from rtbus.errors import PoolError
 
-logger = logging.getLogger("rtbus.db.pool")
+_logger = logging.getLogger(__name__)
 
 # SQLSTATE classes meaning the session itself is gone: connection exceptions and
 # operator intervention (admin/crash shutdown, cannot connect now).
@@ -137,7 +137,7 @@ class ConnectionPool:
                 return conn
             with self._lock:
                 self._counters["dead"] += 1
-            logger.debug("pool %r: discarded a connection to %s whose server is gone",
+            _logger.debug("pool %r: discarded a connection to %s whose server is gone",
                          self.name, dbname)
             self.give_back(conn, discard=True)
 
@@ -345,10 +345,10 @@ class ConnectionPool:
             suppressed, self._suppressed_warnings = self._suppressed_warnings, 0
             self._last_warning = now
             if suppressed:
-                logger.warning("%s; %d similar errors suppressed since the last report",
+                _logger.warning("%s; %d similar errors suppressed since the last report",
                                message, suppressed)
             else:
-                logger.warning("%s", message)
+                _logger.warning("%s", message)
         else:
             self._suppressed_warnings += 1
         return PoolError(message)

@@ -24,7 +24,7 @@ from psycopg2 import sql
 from rtbus.db import connect
 from rtbus.errors import SchemaError
 
-logger = logging.getLogger("rtbus.db.schema")
+_logger = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key held while upgrading ("rtbus_sc" in ASCII); any constant
 # works as long as every rtbus version uses the same one.
@@ -167,7 +167,7 @@ def ensure_database(target, dbname: str) -> bool:
                                   "not create it: create it, or grant the role CREATEDB.") from exc
     finally:
         conn.close()
-    logger.info("created database %s", dbname)
+    _logger.info("created database %s", dbname)
     return True
 
 
@@ -197,7 +197,7 @@ def prepare(config, *, dbname: str) -> tuple[int, int]:
     finally:
         conn.close()
     if old != new:
-        logger.info("schema of %s upgraded from %d to %d", dbname, old, new)
+        _logger.info("schema of %s upgraded from %d to %d", dbname, old, new)
     else:
-        logger.debug("schema of %s is up to date (version %d)", dbname, new)
+        _logger.debug("schema of %s is up to date (version %d)", dbname, new)
     return old, new
