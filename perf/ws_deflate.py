@@ -12,7 +12,7 @@ queueing it on each connection's ServerProtocol; no socket):
 - per-connection deflate: compressed again for each connection, which is what a
   server keeping a compression context per connection has to do.
 
-    .venv/bin/python bench/ws_deflate.py [--subscribers 1000] [--seconds 1]
+    .venv/bin/python perf/ws_deflate.py [--subscribers 1000] [--seconds 1]
 
 Prints the best of several rounds (the least disturbed on a shared machine).
 """

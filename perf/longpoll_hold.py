@@ -8,7 +8,7 @@ them all, and the RSS of the server's gevent process (the child titled
 ``rtbus: gevent`` of the master pid given) before, while holding, and after: the
 memory one held poll costs.
 
-    .venv/bin/python bench/longpoll_hold.py --master-pid 1234 --port 8072 \\
+    .venv/bin/python perf/longpoll_hold.py --master-pid 1234 --port 8072 \\
         --db mydb --polls 5000
 
 The database is reached with libpq's environment (PGHOST, PGPORT, PGUSER...) or

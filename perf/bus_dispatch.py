@@ -7,7 +7,7 @@ seconds through SQL (rtbus_sendone + commit) and/or the Python API, and prints
 deliveries/s, publish->received latency percentiles, lost and duplicated deliveries,
 and the dispatcher's SQL statements per notification.
 
-    .venv/bin/python bench/bus_dispatch.py --subscribers 1000 --channels 10 --rate 200
+    .venv/bin/python perf/bus_dispatch.py --subscribers 1000 --channels 10 --rate 200
 
 Prints numbers only; it asserts nothing.
 """

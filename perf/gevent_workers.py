@@ -10,7 +10,7 @@ hold stage, deliveries/s, server CPU per delivery, lost/duplicated) and, with
 with two on the same database, both behind a real nginx (the test suite's rendering of
 conf/nginx.conf); the server figures are then those of the first node only.
 
-    .venv/bin/python bench/gevent_workers.py --workers-counts 1,2 -- \\
+    .venv/bin/python perf/gevent_workers.py --workers-counts 1,2 -- \\
         -n 3000 --rate 50 --duration 20 --ramp-rate 500
 
 Run it under /work/heavy.lock on a shared machine; it asserts nothing.

@@ -2,7 +2,7 @@
 through FrameParser, for 1 KiB, 64 KiB and 1 MiB payloads. Prints the best MB/s (10**6 bytes) of
 several batches.
 
-    .venv/bin/python bench/ws_codec.py [--seconds 0.5]
+    .venv/bin/python perf/ws_codec.py [--seconds 0.5]
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ running (prefork, so that the gevent process can be found under the master):
 - ``unknown-db``: a handshake and a JSON-RPC call naming a database that is not served;
   prints the status and whether the body shows a traceback or a served database's name.
 
-    .venv/bin/python bench/edge_attacks.py --master-pid 1234 --port 8072 --db mydb
+    .venv/bin/python perf/edge_attacks.py --master-pid 1234 --port 8072 --db mydb
 
 The database is reached with libpq's environment (PGHOST, PGPORT, PGUSER...) or --dsn.
 Prints numbers only; it asserts nothing.

@@ -7,7 +7,7 @@ Nchan, and prints the table of issue 17: latency of the hold stage, the server's
 delivery (the rtbus gevent process, not its PostgreSQL backends; the nginx worker), lost
 notifications, and from a ramp-only run the memory per websocket and handshakes/s.
 
-    python bench/nchan_compare.py --rtbus http://127.0.0.1:8072 --rtbus-pid MASTER_PID \\
+    python perf/nchan_compare.py --rtbus http://127.0.0.1:8072 --rtbus-pid MASTER_PID \\
         --dsn "host=... dbname=rtbus user=..." --workloads 1000x50,3000x50 --idle 5000
 
 Run it under the machine's benchmark lock; it kills only the nginx it started.

@@ -8,7 +8,7 @@ divided by the deliveries: the dispatcher's put, the wake-ups, greenlet switches
 the send system calls, not PostgreSQL nor the client. A comparison between versions of
 the code, not an absolute figure.
 
-    python bench/ws_fanout.py --connections 1000 --rounds 200
+    python perf/ws_fanout.py --connections 1000 --rounds 200
 """
 
 from __future__ import annotations
