@@ -9,9 +9,8 @@ from __future__ import annotations
 import base64
 import os
 import socket
-import struct
 
-from rtbus.websocket.frames import Frame, FrameParser, Opcode, decode_close
+from rtbus.websocket.frames import Frame, FrameParser, Opcode, decode_close, encode_header
 
 
 class RawWebsocket:
@@ -108,14 +107,7 @@ class RawWebsocket:
 
     def header_only(self, opcode: int, length: int) -> None:
         """Send a masked frame header announcing `length` bytes, and no payload."""
-        first = 0x80 | opcode
-        if length < 126:
-            head = struct.pack("!BB", first, 0x80 | length)
-        elif length < 1 << 16:
-            head = struct.pack("!BBH", first, 0x80 | 126, length)
-        else:
-            head = struct.pack("!BBQ", first, 0x80 | 127, length)
-        self.sock.sendall(head + os.urandom(4))
+        self.sock.sendall(encode_header(0x80 | opcode, length, mask_bit=0x80) + os.urandom(4))
 
     def closed_by_peer(self, timeout: float = 5.0) -> bool:
         """True when the server dropped the TCP connection within `timeout`."""

@@ -36,6 +36,8 @@ import sys
 import threading
 import time
 
+from rtbus.websocket.frames import encode_header
+
 HEAD_TIMEOUT = 10.0
 
 
@@ -123,13 +125,7 @@ def _close_code(data: bytes) -> str:
 
 def _masked(opcode: int, payload: bytes, fin: bool = True, announced: int | None = None) -> bytes:
     length = len(payload) if announced is None else announced
-    first = (0x80 if fin else 0) | opcode
-    if length < 126:
-        head = struct.pack("!BB", first, 0x80 | length)
-    elif length < 1 << 16:
-        head = struct.pack("!BBH", first, 0x80 | 126, length)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, length)
+    head = encode_header((0x80 if fin else 0) | opcode, length, mask_bit=0x80)
     mask = os.urandom(4)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
