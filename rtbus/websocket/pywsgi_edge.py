@@ -22,7 +22,7 @@ import gevent.pool
 from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from rtbus.http.proxy import forwarded_client
-from rtbus.service.request_headers import RequestHeaders
+from rtbus.websocket.request_headers import RequestHeaders
 from rtbus.websocket import frames, handshake
 from rtbus.websocket.edge import REFUSAL_SLOTS, ConnectionCounts, Deadlines, EdgeLimits, Phase, Refusal
 

@@ -8,7 +8,7 @@ import io
 import pytest
 from gevent.pywsgi import headers_factory
 
-from rtbus.service.request_headers import MAX_HEADERS, MAX_LINE, RequestHeaders
+from rtbus.websocket.request_headers import MAX_HEADERS, MAX_LINE, RequestHeaders
 
 BLOCKS = [
     b"Host: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nbody",
