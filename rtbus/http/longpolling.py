@@ -20,8 +20,6 @@ Odoo ≤15 deployments ran out of workers ("bus.Bus unavailable").
 from __future__ import annotations
 
 import contextlib
-import functools
-import socket
 
 from werkzeug.wrappers import Request, Response
 
@@ -31,9 +29,9 @@ from rtbus.errors import ClientError, DatabaseUnavailable
 from rtbus.http import cors, misroute
 from rtbus.http.jsonrpc import InvalidParams, JsonRpcError, RawResult, error_response, jsonrpc_route
 from rtbus.session import sid_from_cookie_header
+from rtbus.websocket.socket_watch import departure_watch
 
 INACTIVITY_OPTION = "bus_inactivity"
-_READ = 1      # libev/libuv "readable" event mask
 
 
 class MisdirectedRequest(JsonRpcError):
@@ -108,7 +106,7 @@ def _check_options(options) -> dict:
 def _watch(environ, followers, session):
     """A `watch` for LongPolls.wait: the poll ends when its session changes (it is then
     answered ``[]``, or error 100 when the session is no longer valid) or its client left."""
-    departure = _departure_watch(environ)
+    departure = departure_watch(environ)
 
     @contextlib.contextmanager
     def watching(held: Poll):
@@ -120,48 +118,3 @@ def _watch(environ, followers, session):
             followers.unfollow(handle)
 
     return watching
-
-
-def _departure_watch(environ):
-    """A `watch` for LongPolls.wait: None when the server gives no socket (tests, WSGI
-    servers other than ours)."""
-    sock = environ.get("rtbus.socket")
-    return None if sock is None else functools.partial(_watching, sock)
-
-
-@contextlib.contextmanager
-def _watching(sock, held: Poll):
-    # An event-loop watcher, not a greenlet: a held poll then costs no second stack.
-    # It fires once, on readability; the check runs in a greenlet spawned only then.
-    # (gevent is imported here: HTTP workers load this module but never run gevent.)
-    import gevent
-
-    watcher = gevent.get_hub().loop.io(sock.fileno(), _READ)
-    watcher.start(_on_readable, watcher, sock, held)
-    try:
-        yield
-    finally:
-        watcher.stop()
-        watcher.close()
-
-
-def _on_readable(watcher, sock, held: Poll) -> None:
-    import gevent
-
-    watcher.stop()          # runs in the event loop: nothing here may block
-    gevent.spawn(_check_departure, sock, held)
-
-
-def _check_departure(sock, held: Poll) -> None:
-    """Abandon `held` when its client closed the connection.
-
-    While a poll waits, the client has nothing more to send: a readable socket means
-    end of stream (b"" on a peek) or a reset. A client that does send something (a
-    pipelined request) is left alone; pywsgi reads it after the answer.
-    """
-    try:
-        left = sock.recv(1, socket.MSG_PEEK) == b""
-    except (OSError, ValueError):     # reset by the peer, or already closed here
-        left = True
-    if left:
-        held.abandon()
