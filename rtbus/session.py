@@ -270,6 +270,10 @@ class SessionStore:
         self.cache_seconds = float(config.session_check_cache_seconds)
         self.cache_size = self.CACHE_SIZE if cache_size is None else int(cache_size)
         self.guard = guard if guard is not None else SessionGuard.from_config(pool, config)
+        # Look-ups of sids rtbus did not sign hold at most all but one of the pool's
+        # connections at once: a flood of them, even within its budget, then never
+        # starves the rest of the process (health checks, presence, the valid sessions).
+        self._unknown_slots = threading.BoundedSemaphore(max(1, pool.maxconn - 1))
         self._clock = clock
         self._lock = threading.Lock()
         self._cache: collections.OrderedDict[tuple[str, str], _Cached] = collections.OrderedDict()
@@ -310,16 +314,17 @@ class SessionStore:
             self._count("forged")
             return None
         charged = budgeted and signed is None
-        if charged and not self.guard.budget.take(client):
-            self._count("over_budget")
-            raise LookupBudgetExceeded("too many unknown session ids from this address; "
-                                       "retry later")
+        if charged:
+            self._take_unknown_slot(client)
         try:
             session, seconds_left = self._fetch(dbname, sid)
         except BaseException:
             if charged:
                 self.guard.budget.give_back(client)
             raise
+        finally:
+            if charged:
+                self._unknown_slots.release()
         if session is None:
             self._count("refused")
             return None
@@ -327,6 +332,19 @@ class SessionStore:
             self.guard.budget.give_back(client)
         self._remember(key, session, now + min(self.cache_seconds, seconds_left))
         return session
+
+    def _take_unknown_slot(self, client: str | None) -> None:
+        """Charge `client`'s budget and take a slot for one look-up of an unknown sid;
+        LookupBudgetExceeded (nothing taken) when either is spent."""
+        if not self.guard.budget.take(client):
+            self._count("over_budget")
+            raise LookupBudgetExceeded("too many unknown session ids from this address; "
+                                       "retry later")
+        if not self._unknown_slots.acquire(blocking=False):
+            self.guard.budget.give_back(client)
+            self._count("over_budget")
+            raise LookupBudgetExceeded("too many unknown session ids being checked at once; "
+                                       "retry later")
 
     def public(self, dbname: str) -> Session:
         """The session of a visitor without a cookie: no user, no partner, no groups.

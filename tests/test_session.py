@@ -14,6 +14,7 @@ from rtbus.db.pool import ConnectionPool
 from rtbus.session import (COOKIE_NAME, Session, SessionExpired, SessionNotFound, SessionStore,
                            create_session, gc_sessions, revoke_session, revoke_user_sessions,
                            rotate_session, set_groups, sid_from_cookie_header)
+from waiting import wait_until
 
 SID = re.compile(r"rb1_[A-Za-z0-9_-]{64}")    # signed (migration 0005)
 
@@ -416,3 +417,42 @@ def test_the_mac_key_is_read_once_however_many_first_requests_arrive_together(pg
         pool.close_all()
     assert answers == [False] * 20
     assert borrowed == [db]
+
+
+def test_unknown_sids_hold_all_but_one_pooled_connection_at_once(pg_cluster, conn, db):
+    """While a flood's look-ups are in flight, one connection of the pool stays free for
+    everything else: the look-up beyond the slots is refused at once, its token kept."""
+    from rtbus.errors import LookupBudgetExceeded
+
+    kwargs = pg_cluster.connect_kwargs()
+    del kwargs["dbname"]
+    pool = ConnectionPool("test-unknown-slots", 3, kwargs, timeout=5)
+    store = SessionStore(pool, Config.defaults().replace(session_lookup_budget=100))
+    unknown = "u" * 40
+    with conn.cursor() as cur:
+        cur.execute("LOCK TABLE rtbus_session IN ACCESS EXCLUSIVE MODE")   # look-ups wait here
+    outcomes = []
+
+    def look_up():
+        try:
+            outcomes.append(store.get(db, unknown, client="192.0.2.9"))
+        except LookupBudgetExceeded:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=look_up) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: pool.stats()["in_use"] == 2, 10, message="two look-ups in flight")
+        look_up()
+        assert outcomes == ["refused"]
+        with pool.connection(db, timeout=1) as free:      # the one left for everything else
+            free.rollback()
+    finally:
+        conn.rollback()                                   # release the lock
+        for thread in threads:
+            thread.join(10)
+        pool.close_all()
+    assert outcomes.count(None) == 2
+    # The refused look-up took no token: 100 a minute, 2 spent.
+    assert store.guard.budget.take("192.0.2.9")
