@@ -1,15 +1,15 @@
 """One database's share of an ImDispatch cycle: its state, its catch-ups, the fan-out.
 
-The dispatcher thread owns everything here. Reading happens through rtbus.bus.stream,
-the rules come from rtbus.bus.delivery; this module puts pages in mailboxes, encoding
-each distinct page once for all the subscribers that want exactly those rows.
+The dispatcher thread owns everything here. Reading happens through the dispatcher's
+source (a rtbus.bus.source.Reader), the rules come from rtbus.bus.delivery; this module
+puts pages in mailboxes, encoding each distinct page once for all the subscribers that want exactly those rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from rtbus.bus import delivery, stream
+from rtbus.bus import delivery
 from rtbus.bus.delivery import CatchUp, Limits, Replayed, Row, Subscriber
 
 PAGE_WAIT_SECONDS = 0.02      # re-check of catch-ups waiting for their mailbox to drain
@@ -47,7 +47,7 @@ class Database:
                 if not catchup.pages or not len(sub.mailbox)]
 
 
-def read_catchups(cur, db: Database, epoch: int, backlog: float, limits: Limits,
+def read_catchups(reader, db: Database, epoch: int, backlog: float, limits: Limits,
                   count_query: Callable[..., None]) -> list[Page]:
     """One replay page per runnable catch-up, up to `epoch`; identical replays read once."""
     pages = []
@@ -60,7 +60,7 @@ def read_catchups(cur, db: Database, epoch: int, backlog: float, limits: Limits,
         key = (catchup.position, catchup.last, catchup.window, frozenset(catchup.channels))
         page = shared.get(key)
         if page is None:
-            page = shared[key] = stream.replay(cur, catchup, epoch, catchup.channels, backlog,
+            page = shared[key] = reader.replay(catchup, epoch, catchup.channels, backlog,
                                                limits.notifications, db.where)
             count_query(len(page.rows), catchup=True)
         pages.append((sub, catchup, page))

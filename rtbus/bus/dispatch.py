@@ -3,7 +3,8 @@
 One dispatcher per process that holds subscribers (the gevent process, or the single
 process when workers=0), created and started explicitly at process start. Its thread
 (a greenlet under gevent's monkey-patching: only threading, select, time and psycopg2
-are used here) owns direct connections, not pooled ones:
+are used) reads wake-ups and rows through a source (rtbus.bus.source); the default,
+PostgresSource, owns direct connections, not pooled ones:
 
 * one LISTENing on the imbus database (`postgres` by default), where the Python API
   NOTIFYs for every database of the cluster;
@@ -29,20 +30,17 @@ import dataclasses
 import logging
 import os
 import random
-import selectors
 import threading
 import time
 from collections.abc import Callable, Iterable
 
-import orjson
-import psycopg2
-
 from rtbus.bus import channels as bus_channels
-from rtbus.bus import cycle, delivery, stream
+from rtbus.bus import cycle, delivery
 from rtbus.bus.cycle import Database
 from rtbus.bus.delivery import Limits, Subscriber
 from rtbus.bus.mailbox import Mailbox
 from rtbus.bus.notify import IMBUS
+from rtbus.bus.source import Control, PostgresSource, Source
 
 __all__ = ["ImDispatch", "Mailbox"]
 
@@ -53,18 +51,6 @@ IDLE_FETCH_SECONDS = 30.0     # safety-net fetch when no NOTIFY came (a lost NOT
 BACKOFF_FIRST = 0.25          # seconds; jittered down to half, so < 0.5 s
 BACKOFF_MAX = 5.0
 STATEMENT_TIMEOUT_MS = 30_000
-
-
-class _Link:
-    """A direct connection LISTENing on `imbus` in one database."""
-
-    def __init__(self, dbname: str):
-        self.dbname = dbname
-        self.conn = None
-
-    @property
-    def up(self) -> bool:
-        return self.conn is not None
 
 
 @dataclasses.dataclass
@@ -83,6 +69,9 @@ class ImDispatch:
     database. `databases` are the databases whose subscribers this dispatcher serves;
     `imbus_db_name` is where the Python API NOTIFYs. subscribe(), unsubscribe() and
     stats() are thread-safe and never block on the database.
+
+    `source` is where the wake-ups and rows come from (rtbus.bus.source); by default
+    the PostgreSQL one built from `connect_kwargs`, `imbus_db_name` and the timeouts.
     """
 
     def __init__(self, connect_kwargs: Callable[[str], dict], databases: Iterable[str], *,
@@ -92,8 +81,8 @@ class ImDispatch:
                  backoff_first: float = BACKOFF_FIRST, backoff_max: float = BACKOFF_MAX,
                  limits: Limits = Limits(),
                  application_name: str = "rtbus-imdispatch",
-                 statement_timeout_ms: int = STATEMENT_TIMEOUT_MS, lock_timeout_ms: int = 0):
-        self._connect_kwargs = connect_kwargs
+                 statement_timeout_ms: int = STATEMENT_TIMEOUT_MS, lock_timeout_ms: int = 0,
+                 source: Source | None = None):
         self.statement_timeout_ms = statement_timeout_ms
         self.lock_timeout_ms = lock_timeout_ms
         self.imbus_db_name = imbus_db_name
@@ -104,8 +93,12 @@ class ImDispatch:
         self.backoff_max = backoff_max
         self.application_name = application_name
         self._dbs = {name: Database(name) for name in databases}
-        # The imbus link first: LISTEN there before reading any start-up cursor.
-        self._links = {name: _Link(name) for name in [imbus_db_name, *self._dbs]}
+        if source is None:
+            source = PostgresSource(connect_kwargs, self._dbs, imbus_db_name=imbus_db_name,
+                                    application_name=application_name,
+                                    statement_timeout_ms=statement_timeout_ms,
+                                    lock_timeout_ms=lock_timeout_ms)
+        self._source = source
         self._subs: dict[object, Subscriber] = {}     # owned by the dispatcher thread
         self._requests: list[_Request] = []
         self._requests_lock = threading.Lock()
@@ -159,6 +152,7 @@ class ImDispatch:
         if not channel.isidentifier() or channel == IMBUS:
             raise ValueError(f"invalid extra NOTIFY channel {channel!r}")
         self._listeners[channel] = callback
+        self._source.listen(channel)
 
     # -- lifecycle (any thread) -----------------------------------------------------------
 
@@ -178,7 +172,7 @@ class ImDispatch:
         self._thread.start()
         if wait:
             self._first_round.wait(wait)
-        return all(link.up for link in self._links.values())
+        return all(self._source.up(feed) for feed in self._source.feeds)
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the thread and close its connections; True if it ended within `timeout`."""
@@ -236,7 +230,7 @@ class ImDispatch:
         stats["subscribers"] = len(self._subs)
         stats["channels"] = sum(len(db.subscribers) for db in dbs)
         stats["catchups"] = sum(len(db.catchups) for db in dbs)
-        stats["listen_connections"] = sum(link.up for link in list(self._links.values()))
+        stats["listen_connections"] = sum(map(self._source.up, self._source.feeds))
         stats["outage"] = self._outage_since is not None
         return stats
 
@@ -244,7 +238,7 @@ class ImDispatch:
         """Wait until every subscribe/unsubscribe made before this call took effect.
 
         "Took effect" includes the delivery of their catch-up to the mailboxes. Returns
-        False on timeout (a database link down keeps catch-ups waiting).
+        False on timeout (a database feed down keeps catch-ups waiting).
         """
         deadline = time.monotonic() + timeout
         with self._applied_cond:
@@ -272,7 +266,7 @@ class ImDispatch:
 
     def _run(self) -> None:
         _logger.info("ImDispatch listening on %r in database(s) %s for %d served database(s)",
-                    IMBUS, ", ".join(self._links), len(self._dbs))
+                    IMBUS, ", ".join(self._source.feeds), len(self._dbs))
         try:
             self._reconnect(initial=True)
             self._first_round.set()
@@ -286,27 +280,27 @@ class ImDispatch:
                     self._stopping.wait(1.0)
         finally:
             self._first_round.set()
-            for link in self._links.values():
-                self._close_link(link)
+            for feed in self._source.feeds:
+                self._source.close(feed)
             _logger.info("ImDispatch stopped")
 
     def _iterate(self) -> None:
         now = time.monotonic()
-        ready = self._wait(self._next_timeout(now))
+        woken, ready = self._source.wait(self._next_timeout(now), self._wake_r)
         if self._stopping.is_set():
             return
-        if self._wake_r in ready:
+        if woken:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(self._wake_r, 4096)
         notified = False
-        if ready - {self._wake_r}:
-            # Read every link, not only the ready ones: a session revocation
+        if ready:
+            # Read every feed, not only the ready ones: a session revocation
             # NOTIFYed on a served database just before a publish NOTIFYed on the
             # imbus database must be applied before that publish is delivered.
-            ready |= {link.conn.fileno() for link in self._links.values() if link.up}
-        for link in list(self._links.values()):
-            if link.up and link.conn.fileno() in ready:
-                notified |= self._read_notifies(link)
+            ready = set(self._source.feeds)
+        for feed in self._source.feeds:
+            if self._source.up(feed) and feed in ready:
+                notified |= self._read_feed(feed)
         if notified:
             self._counters["wakeups"] += 1
         self._apply_requests()
@@ -316,7 +310,7 @@ class ImDispatch:
         for db in self._dbs.values():
             if (db.subscribers or db.stale) and now - db.last_fetch >= self.idle_fetch_seconds:
                 db.woken = True
-            if (db.woken or db.runnable_catchups()) and self._links[db.name].up:
+            if (db.woken or db.runnable_catchups()) and self._source.up(db.name):
                 self._cycle(db)
         if not any(not catchup.pages for db in self._dbs.values()
                    for catchup in db.catchups.values()):
@@ -333,45 +327,23 @@ class ImDispatch:
             timeout = min(timeout, self._next_attempt - now)
         return max(timeout, 0.0)
 
-    def _wait(self, timeout: float) -> set[int]:
-        """The descriptors with something to read, waiting up to `timeout` for one."""
-        up = [link for link in self._links.values() if link.up]
-        # libpq reads NOTIFYs that arrive while a query runs on the same connection
-        # into conn.notifies: the socket is then drained and would not wake us,
-        # leaving them unprocessed until the next NOTIFY or the idle fetch.
-        pending = {link.conn.fileno() for link in up if link.conn.notifies}
-        if pending:
-            timeout = 0.0
-        # A selector, not select.select(): a process with thousands of sockets hands
-        # out descriptors above FD_SETSIZE.
-        fds = [self._wake_r] + [link.conn.fileno() for link in up]
-        try:
-            with selectors.DefaultSelector() as selector:
-                for fd in fds:
-                    selector.register(fd, selectors.EVENT_READ)
-                return {key.fd for key, _ in selector.select(timeout)} | pending
-        except (OSError, ValueError):
-            # A connection closed under us: its next use reports the error properly.
-            return set(fds)
-
     # -- notifications ------------------------------------------------------------------------
 
-    def _read_notifies(self, link: _Link) -> bool:
-        """Consume the link's NOTIFYs, mark the databases to fetch; True if any came."""
+    def _read_feed(self, feed: str) -> bool:
+        """Consume what the feed received, mark the databases to fetch; True if any came."""
         try:
-            link.conn.poll()
-        except psycopg2.Error as exc:
-            self._link_failed(link, exc)
+            events = self._source.read(feed)
+        except self._source.errors as exc:
+            self._feed_failed(feed, exc)
             return False
-        notifies = list(link.conn.notifies)
-        link.conn.notifies.clear()
-        for notify in notifies:
-            if notify.channel == IMBUS:
+        for event in events:
+            if isinstance(event, Control):
+                if event.channel in self._listeners:
+                    self._call_listener(event.channel, event.database, event.payload)
+            else:
                 self._counters["notifies"] += 1
-                self._wake_databases(link, notify.payload)
-            elif notify.channel in self._listeners:
-                self._call_listener(notify.channel, link.dbname, notify.payload)
-        return bool(notifies)
+                self._wake_databases(event.announced)
+        return bool(events)
 
     def _call_listener(self, channel: str, dbname: str, payload: str) -> None:
         try:
@@ -379,25 +351,13 @@ class ImDispatch:
         except Exception:
             _logger.exception("ImDispatch: the %r listener failed", channel)
 
-    def _wake_databases(self, link: _Link, payload: str) -> None:
+    def _wake_databases(self, announced: list[tuple[str, str | None]]) -> None:
         """Mark for fetching the databases with a subscriber on an announced channel."""
-        try:
-            announced = [(channel[0], bus_channels.encode_channel(channel))
-                         for channel in orjson.loads(payload)]
-        except (orjson.JSONDecodeError, orjson.JSONEncodeError, TypeError, IndexError,
-                KeyError):
-            # Not the list of anchored channels we expect (another sender, an old
-            # format): fetch rather than risk missing something.
-            names = self._dbs if link.dbname == self.imbus_db_name else [link.dbname]
-            for name in names:
-                if name in self._dbs:
-                    self._notified(self._dbs[name])
-            return
         for name, channel in announced:
             db = self._dbs.get(name) if isinstance(name, str) else None
             if db is None:
                 continue
-            if channel in db.subscribers:
+            if channel is None or channel in db.subscribers:
                 self._notified(db)
             else:
                 # Nobody here listens to it: no query now, the cursor catches up later.
@@ -411,7 +371,6 @@ class ImDispatch:
             # the start of the delivery latency the transports measure.
             db.notified_at = time.monotonic()
 
-    # -- subscription requests --------------------------------------------------------------
     # -- subscription requests --------------------------------------------------------------
 
     def _apply_requests(self) -> None:
@@ -452,24 +411,21 @@ class ImDispatch:
     # -- one read-and-deliver cycle for one database ----------------------------------------
 
     def _cycle(self, db: Database) -> None:
-        link = self._links[db.name]
         try:
-            with link.conn.cursor() as cur:
-                epoch, live, regressed = stream.read_next(cur, db.epoch, self.backlog_seconds,
-                                                          db.where)
+            with self._source.reader(db.name) as reader:
+                epoch, live, regressed = reader.next(db.epoch, self.backlog_seconds, db.where)
                 self._count_query(len(live))
                 if regressed:
                     self._regressed(db, epoch)
-                pages = cycle.read_catchups(cur, db, epoch, self.backlog_seconds,
+                pages = cycle.read_catchups(reader, db, epoch, self.backlog_seconds,
                                             self.limits, self._count_query)
-        except psycopg2.Error as exc:
+        except self._source.errors as exc:
             # The cycle is undone: the epoch stays, so the next read returns these rows
             # again (the epochs recorded meanwhile included), and the catch-ups wait.
             db.last_fetch = time.monotonic()
-            if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) \
-                    or link.conn is None or link.conn.closed:
+            if self._source.lost(exc, db.name):
                 db.woken = True
-                self._link_failed(link, exc)
+                self._feed_failed(db.name, exc)
             else:
                 # Not the connection (bus_bus missing, say): retried at the idle interval.
                 db.woken = False
@@ -502,20 +458,20 @@ class ImDispatch:
     # -- connections and outages ----------------------------------------------------------------
 
     def _reconnect(self, initial: bool = False) -> None:
-        """Open every link that is down; start, continue or end the outage accordingly."""
+        """Open every feed that is down; start, continue or end the outage accordingly."""
         self._outage_attempts += 0 if initial else 1
         failures = []
-        for link in self._links.values():
-            if link.up:
+        for feed in self._source.feeds:
+            if self._source.up(feed):
                 continue
             try:
-                self._open_link(link)
-            except psycopg2.Error as exc:
-                failures.append((link.dbname, exc))
+                self._open_feed(feed)
+            except self._source.errors as exc:
+                failures.append((feed, exc))
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
                     _logger.warning("ImDispatch cannot LISTEN in database %s: %s; retrying "
-                                   "with backoff", link.dbname, str(exc).strip())
+                                   "with backoff", feed, str(exc).strip())
                 # The imbus link first: without it, a served link's cursor could be
                 # read after NOTIFYs it will never hear.
                 break
@@ -537,46 +493,20 @@ class ImDispatch:
         ceiling = min(self.backoff_max, self.backoff_first * (2 ** attempt))
         return random.uniform(ceiling / 2, ceiling)
 
-    def _open_link(self, link: _Link) -> None:
-        kwargs = dict(self._connect_kwargs(link.dbname))
-        kwargs["dbname"] = link.dbname
-        kwargs.setdefault("application_name", self.application_name)
-        # A vanished server (no FIN: power loss, partition) must not leave us deaf forever.
-        for key, value in (("keepalives", 1), ("keepalives_idle", 30),
-                           ("keepalives_interval", 10), ("keepalives_count", 3),
-                           ("connect_timeout", 5)):
-            kwargs.setdefault(key, value)
-        conn = psycopg2.connect(**kwargs)
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute("SET statement_timeout = %s", (self.statement_timeout_ms,))
-                if self.lock_timeout_ms:
-                    cur.execute("SET lock_timeout = %s", (self.lock_timeout_ms,))
-                cur.execute("LISTEN " + IMBUS)
-                db = self._dbs.get(link.dbname)
-                if db is not None:
-                    for channel in self._listeners:
-                        cur.execute("LISTEN " + channel)
-                if db is not None:
-                    # The epoch records are not worth an fsync each: lost in a crash,
-                    # the rows they placed are placed again by the next epoch.
-                    cur.execute("SET synchronous_commit = off")
-                if db is not None and db.epoch is None:
-                    db.epoch, _, _ = stream.read_next(cur, None, self.backlog_seconds)
-                    self._count_query(0)
-        except BaseException:
-            with contextlib.suppress(psycopg2.Error):
-                conn.close()
-            raise
-        link.conn = conn
+    def _open_feed(self, feed: str) -> None:
+        db = self._dbs.get(feed)
+        epoch = self._source.open(feed, db is not None and db.epoch is None,
+                                  self.backlog_seconds)
+        if db is not None and db.epoch is None:
+            db.epoch = epoch
+            self._count_query(0)
         self._counters["listen_connects"] += 1
-        if link.dbname in self._dbs:
+        if db is not None:
             for channel in self._listeners:
-                self._call_listener(channel, link.dbname, "*")
+                self._call_listener(channel, feed, "*")
 
-    def _link_failed(self, link: _Link, exc: BaseException) -> None:
-        self._close_link(link)
+    def _feed_failed(self, feed: str, exc: BaseException) -> None:
+        self._source.close(feed)
         if self._stopping.is_set():
             return
         if self._outage_since is None:
@@ -584,16 +514,8 @@ class ImDispatch:
             self._outage_attempts = 0
             self._next_attempt = self._outage_since + self._backoff(0)
             _logger.warning("ImDispatch lost its LISTEN connection to database %s (%s); "
-                           "reconnecting with backoff", link.dbname, str(exc).strip())
+                           "reconnecting with backoff", feed, str(exc).strip())
         else:
-            _logger.debug("ImDispatch: LISTEN connection to %s also lost: %s", link.dbname, exc)
+            _logger.debug("ImDispatch: LISTEN connection to %s also lost: %s", feed, exc)
         for db in self._dbs.values():
             db.woken = True
-
-    def _close_link(self, link: _Link) -> None:
-        conn, link.conn = link.conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg2.Error):
-                conn.close()
-
-

@@ -275,7 +275,7 @@ def test_notify_buffered_by_libpq_during_a_query_is_not_left_waiting(bus_db, con
         cur.execute("INSERT INTO bus_bus (channel, message) VALUES (%s, %s)",
                     (encode(bus_db, "broadcast"), '{"type":"t","payload":"buffered"}'))
     app.commit()
-    link_conn = dispatch._links[bus_db].conn
+    link_conn = dispatch._source.links[bus_db].conn
     link_conn.notifies.append(psycopg2.extensions.Notify(0, "imbus", f'[["{bus_db}","broadcast"]]'))
     dispatch.unsubscribe("nobody")      # wakes the loop without starting a fetch cycle
     assert inbox.wait(1, timeout=3) and inbox.payloads == ["buffered"]
