@@ -155,8 +155,9 @@ def test_2000_random_sids_cost_at_most_the_budget_and_the_pool_holds(server):
     elapsed = time.monotonic() - started
     after = figures(port)
     lookups = after["rtbus_session_lookups_total"] - before["rtbus_session_lookups_total"]
-    # The budget, plus what it refilled (one a second) while the flood ran.
-    assert BUDGET <= lookups <= BUDGET + elapsed + 2, (lookups, elapsed)
+    # At most the budget, plus what it refilled (one a second) while the flood ran. (Fewer
+    # when the pool's slots refused some first: those gave their token back.)
+    assert 0 < lookups <= BUDGET + elapsed + 2, (lookups, elapsed)
     assert seen["error 100"] == lookups and seen["503"] == 2000 - lookups, seen
     # Every other request was refused before any query: over the budget, or (on a loaded
     # machine) after waiting in vain for one of the 4 pooled connections.
@@ -166,6 +167,11 @@ def test_2000_random_sids_cost_at_most_the_budget_and_the_pool_holds(server):
     assert 2000 - lookups - pool_timeouts <= over_budget <= 2000 - lookups, (
         over_budget, pool_timeouts, lookups)
     assert set(health.statuses) == {200}, health.statuses
+    # Whatever the flood left of the budget goes one request at a time, and then the
+    # whole run has still cost no more than the budget and its refill.
+    spend_budget(port, client)
+    total = figures(port)["rtbus_session_lookups_total"] - before["rtbus_session_lookups_total"]
+    assert BUDGET <= total <= BUDGET + (time.monotonic() - started) + 2, total
     server.wait_log(r"session look-up budget spent: refused \d+ request\(s\) with unknown session ids")
 
 
