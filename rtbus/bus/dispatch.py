@@ -231,8 +231,13 @@ class ImDispatch:
         stats["channels"] = sum(len(db.subscribers) for db in dbs)
         stats["catchups"] = sum(len(db.catchups) for db in dbs)
         stats["listen_connections"] = sum(map(self._source.up, self._source.feeds))
-        stats["outage"] = self._outage_since is not None
+        stats["outage"] = not self.listening
         return stats
+
+    @property
+    def listening(self) -> bool:
+        """False during an outage: no LISTEN link would wake a waiting subscriber."""
+        return self._outage_since is None
 
     def wait_applied(self, timeout: float = 5.0) -> bool:
         """Wait until every subscribe/unsubscribe made before this call took effect.

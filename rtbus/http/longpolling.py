@@ -75,7 +75,7 @@ def _poll(app, request: Request, *, channels, last=0, options=None):
         # the hooks then would echo their own notifications back for ever.
         app.subscribe_hooks.run(session, subscription, SubscribeContext(
             pool=app.pool, transport="longpolling", extra={"remote": request.remote_addr}))
-    if app.dispatcher.stats()["outage"]:
+    if not app.dispatcher.listening:
         # Nothing would wake the poll: let the client retry rather than hang for 50 s.
         raise DatabaseUnavailable("the bus cannot LISTEN to PostgreSQL right now; retry later")
     result = app.longpolls.wait(subscription.dbname, subscription.channels, last,
