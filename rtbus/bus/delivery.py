@@ -23,6 +23,8 @@ import dataclasses
 import operator
 from collections.abc import Iterable, Sequence
 
+from rtbus.config.table import BY_NAME
+
 Position = tuple[int, int]
 
 MAX_ID = 2 ** 63 - 1
@@ -67,8 +69,12 @@ class Limits:
     A single row larger than `max_bytes` still goes, alone.
     """
 
-    notifications: int = 1000
-    max_bytes: int = 1 << 20
+    notifications: int = BY_NAME["bus_batch_max_notifications"].default
+    max_bytes: int = BY_NAME["bus_batch_max_bytes"].default
+
+    @classmethod
+    def from_config(cls, config) -> Limits:
+        return cls(config.bus_batch_max_notifications, config.bus_batch_max_bytes)
 
     def pages(self, rows: Sequence[Row]) -> list[list[Row]]:
         """Cut `rows` (in order) into pages within the limits."""

@@ -135,8 +135,7 @@ class ImDispatch:
             kwargs.setdefault("statement_timeout_ms", milliseconds(config.db_statement_timeout))
         if getattr(config, "db_lock_timeout", 0.0):
             kwargs.setdefault("lock_timeout_ms", milliseconds(config.db_lock_timeout))
-        kwargs.setdefault("limits", Limits(config.bus_batch_max_notifications,
-                                           config.bus_batch_max_bytes))
+        kwargs.setdefault("limits", Limits.from_config(config))
         return cls(kwargs_for, databases, imbus_db_name=config.imbus_db_name, **kwargs)
 
     def listen(self, channel: str, callback: Callable[[str, str], None]) -> None:

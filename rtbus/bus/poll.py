@@ -145,7 +145,7 @@ class LongPolls:
         return cls(dispatcher, timeout=config.longpolling_timeout,
                    max_polls=config.longpolling_max_polls,
                    mailbox_max_bytes=config.mailbox_max_bytes,
-                   limits=Limits(config.bus_batch_max_notifications, config.bus_batch_max_bytes))
+                   limits=Limits.from_config(config))
 
     def wait(self, dbname: str, channels: Sequence[str], last: int, *,
              timeout: float | None = None, watch: Watch | None = None) -> PollResult:

@@ -78,7 +78,7 @@ def peek_notifications(app, request: Request, *, channels, last=0, is_first_poll
 
 def _read_notifications(app, dbname: str, channels, last: int) -> list[dict]:
     config = app.config
-    limits = delivery.Limits(config.bus_batch_max_notifications, config.bus_batch_max_bytes)
+    limits = delivery.Limits.from_config(config)
     with app.pool.connection(dbname) as conn:
         try:
             with conn.cursor() as cur:
