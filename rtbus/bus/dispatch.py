@@ -131,9 +131,9 @@ class ImDispatch:
             databases = served_databases(config)
         # The fetches are statements like any other: the operator's guard rails apply
         # (the idle wait on a LISTEN socket is not a statement and never times out).
-        if getattr(config, "db_statement_timeout", 0.0):
+        if config.db_statement_timeout:
             kwargs.setdefault("statement_timeout_ms", milliseconds(config.db_statement_timeout))
-        if getattr(config, "db_lock_timeout", 0.0):
+        if config.db_lock_timeout:
             kwargs.setdefault("lock_timeout_ms", milliseconds(config.db_lock_timeout))
         kwargs.setdefault("limits", Limits.from_config(config))
         return cls(kwargs_for, databases, imbus_db_name=config.imbus_db_name, **kwargs)
