@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
+# The suite mostly waits on servers and PostgreSQL: two xdist workers, each with its own
+# throwaway clusters, a whole test file per worker (module-scoped servers stay shared).
+PYTEST_WORKERS ?= 2
 
 .PHONY: install run test test-odoo docs bench clean
 
@@ -29,7 +32,7 @@ run: install
 test: install
 	sh scripts/ensure-program.sh nginx "nginx-light nginx" nginx /usr/sbin/nginx
 	sh scripts/ensure-program.sh chromium chromium chromium /usr/bin/chromium chromium-browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## Regenerate the derived documentation and sample configuration.
 docs: install
