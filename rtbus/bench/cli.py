@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         server = probes.ServerProbe(options.server_pid) if options.server_pid else None
     except OSError as exc:
         return _fail(f"--server-pid {options.server_pid}: {exc}", EXIT_USAGE)
+    backends_dsn = options.pg_stats_dsn or (options.dsn if options.publish in ("sql", "python") else None)
+    if server is not None and backends_dsn is not None:
+        try:
+            server.watch_backends(backends_dsn)
+        except Exception as exc:   # psycopg2: the server's CPU is then the processes' alone
+            sys.stderr.write(f"rtbus-bench: PostgreSQL backends not measured: {str(exc).strip()}\n")
     try:
         publishing = _publishing(options)
     except Exception as exc:   # psycopg2 or socket errors: say which path and why
@@ -48,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         report = _run(options, publishing, base, server)
     finally:
         publishing.close()
+        if server is not None:
+            server.close()
     from rtbus.bench.report import write
     write(report, options.json)
     return EXIT_OK if report["verdict"]["ok"] else EXIT_FAILED

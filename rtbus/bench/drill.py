@@ -309,13 +309,33 @@ def _alive(client) -> bool:
 
 
 def _server(probe, before: dict | None, after: dict | None, deliveries: int) -> dict | None:
+    """The server's figures for a stage: CPU per delivery counts the processes and, when
+    they are watched and local, their PostgreSQL backends."""
     if probe is None:
         return None
-    cpu_us = (round(1e6 * (after["cpu_s"] - before["cpu_s"]) / deliveries, 2)
-              if before and after and deliveries else None)
+    measured = bool(before and after and deliveries)
+    process_s = after["cpu_s"] - before["cpu_s"] if measured else 0.0
+    postgres = _postgres(probe, before, after, deliveries)
+    total_s = process_s + (postgres.get("cpu_s") or 0.0)
+    per = (lambda seconds: round(1e6 * seconds / deliveries, 2)) if measured else (lambda _s: None)
     return {"pid": probe.pid, "pids": probe.pids, "title": probe.title,
             "rss_kb_before": before and before["rss_kb"], "rss_kb_after": after and after["rss_kb"],
-            "cpu_percent": probes.cpu_percent(before, after), "cpu_us_per_delivery": cpu_us}
+            "cpu_percent": probes.cpu_percent(before, after), "cpu_us_per_delivery": per(total_s),
+            "process_cpu_us_per_delivery": per(process_s), "postgres": postgres}
+
+
+def _postgres(probe, before: dict | None, after: dict | None, deliveries: int) -> dict:
+    """{"status": "measured" | "excluded" (the database is remote) | "not watched", ...}."""
+    backends = probe.backends
+    if backends is None:
+        return {"status": "not watched"}
+    if backends.remote:
+        return {"status": "excluded", "why": "the database's backends are not on this machine"}
+    if not (before and after and before["postgres"] and after["postgres"]):
+        return {"status": "not watched"}
+    spent, seen = backends.delta(before["postgres"], after["postgres"])
+    return {"status": "measured", "backends": seen, "cpu_s": round(spent, 3),
+            "cpu_us_per_delivery": round(1e6 * spent / deliveries, 2) if deliveries else None}
 
 
 def _memory(server: dict | None, connections: int) -> dict | None:

@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hard bound on the whole run (default 900)")
     observe = p.add_argument_group("observing the server")
     observe.add_argument("--server-pid", type=int, metavar="PID",
-                         help="measure this process (an rtbus master: its 'rtbus: gevent' child)")
+                         help="measure this process (an rtbus master: its 'rtbus: gevent' children) and, "
+                         "through --pg-stats-dsn or --dsn, the PostgreSQL backends it holds")
     observe.add_argument("--server-log", metavar="PATH", help="count new PoolError lines in this log")
     observe.add_argument("--pg-stats-dsn", metavar="DSN",
                          help="read pg_stat_statements through this connection")

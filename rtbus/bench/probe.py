@@ -72,19 +72,32 @@ def _read_usage(pid: int) -> tuple[int, float] | None:
 
 
 class ServerProbe:
-    """Memory (RSS) and CPU time of the server's evented processes, summed."""
+    """Memory (RSS) and CPU time of the server's evented processes, summed; with
+    `backends` (a PostgresBackends), the CPU time of their PostgreSQL backends too."""
 
     def __init__(self, pid: int):
         self.pids, self.title = resolve_server_pids(pid)
         self.pid = self.pids[0]
+        self.backends: PostgresBackends | None = None
+
+    def watch_backends(self, dsn: str) -> None:
+        """Measure the backends of the server's processes in the cluster `dsn` reaches;
+        raises psycopg2 errors when it cannot connect."""
+        self.backends = PostgresBackends(dsn, self.pids)
 
     def sample(self) -> dict | None:
-        """{"rss_kb", "cpu_s", "at", "processes"}, or None when every process is gone."""
+        """{"rss_kb", "cpu_s", "at", "processes", "postgres"}, or None when every process
+        is gone; "postgres" is the backends' sample (None without backends)."""
         usages = [usage for usage in map(_read_usage, self.pids) if usage is not None]
         if not usages:
             return None
         return {"rss_kb": sum(rss for rss, _ in usages), "cpu_s": sum(cpu for _, cpu in usages),
-                "at": time.monotonic(), "processes": len(usages)}
+                "at": time.monotonic(), "processes": len(usages),
+                "postgres": self.backends.sample() if self.backends else None}
+
+    def close(self) -> None:
+        if self.backends is not None:
+            self.backends.close()
 
 
 def own_cpu() -> dict:
@@ -201,3 +214,82 @@ class LogWatch:
         self.offset += len(text)
         needle = self.pattern.encode()
         return sum(1 for line in text.splitlines() if needle in line)
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets `pid` holds open (empty when it is gone or not ours to read)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def _local_ports(pids: list[int]) -> set[int]:
+    """The local TCP ports of the sockets held by `pids` (from /proc/net/tcp and tcp6)."""
+    inodes = set()
+    for pid in pids:
+        inodes |= _socket_inodes(pid)
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[9] in inodes:
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
+class PostgresBackends:
+    """CPU time of the PostgreSQL backends serving the server's processes.
+
+    A backend is the server's when its client port (pg_stat_activity) is a local port of
+    one of `pids`' TCP sockets. The backends' /proc entries must be readable here: when
+    none of the cluster's backends is (the database runs on another machine), `remote`
+    is true and the backends are excluded from the server's CPU.
+    """
+
+    def __init__(self, dsn: str, pids: list[int]):
+        import psycopg2
+        self.pids = pids
+        self.conn = psycopg2.connect(dsn)
+        self.conn.autocommit = True
+        self.remote = False
+
+    def sample(self) -> dict:
+        """{"cpu_s": {backend pid: CPU seconds}}; what a stage subtracts."""
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pid, client_port FROM pg_stat_activity"
+                        " WHERE pid <> pg_backend_pid() AND client_port IS NOT NULL")
+            rows = cur.fetchall()
+        ports = _local_ports(self.pids)
+        cpu = {}
+        visible = 0
+        for pid, port in rows:
+            usage = _read_usage(pid)
+            visible += usage is not None
+            if usage is not None and port in ports:
+                cpu[pid] = usage[1]
+        self.remote = bool(rows) and not visible
+        return {"cpu_s": cpu}
+
+    @staticmethod
+    def delta(before: dict, after: dict) -> tuple[float, int]:
+        """(CPU seconds spent between the samples, backends seen): a backend opened during
+        the stage counts from 0; one closed during it is missed."""
+        spent = sum(cpu - before["cpu_s"].get(pid, 0.0) for pid, cpu in after["cpu_s"].items())
+        return spent, len(set(before["cpu_s"]) | set(after["cpu_s"]))
+
+    def close(self) -> None:
+        self.conn.close()

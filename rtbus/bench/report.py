@@ -124,8 +124,16 @@ def _details(s: dict) -> list[str]:
                    f"{_ms(hs['p99'])} ms); caught up after the drop: p50 {cu['p50']} s, p99 "
                    f"{cu['p99']} s, max {cu['max']} s; not caught up: {cu['not_caught_up']}")
     if (s.get("server") or {}).get("cpu_us_per_delivery") is not None:
-        out.append(f"{s['stage']}: server CPU {s['server']['cpu_us_per_delivery']} µs per delivery "
-                   f"(process {s['server']['pid']})")
+        server, postgres = s["server"], s["server"].get("postgres") or {}
+        if postgres.get("status") == "measured":
+            split = (f"processes {server['process_cpu_us_per_delivery']} + their "
+                     f"{postgres['backends']} PostgreSQL backends {postgres['cpu_us_per_delivery']}")
+        elif postgres.get("status") == "excluded":
+            split = f"processes only; PostgreSQL excluded: {postgres['why']}"
+        else:
+            split = "processes only; PostgreSQL backends not watched"
+        out.append(f"{s['stage']}: server CPU {server['cpu_us_per_delivery']} µs per delivery "
+                   f"({split}; process {server['pid']})")
     if s.get("websocket_bytes_per_delivery"):
         out.append(f"{s['stage']}: websockets read {s['websocket_bytes_received']} bytes, "
                    f"{s['websocket_bytes_per_delivery']} per delivery")

@@ -65,6 +65,10 @@ def test_drill_json_reports_every_stage_with_nothing_lost(bench_server, dsn):
         assert stage["pool_errors_in_log"] == 0
         assert stage["server"]["rss_kb_after"] > 0
         assert stage["bench_cpu_percent"] is not None
+        # The server's CPU counts its PostgreSQL backends (the dispatcher's at least).
+        postgres = stage["server"]["postgres"]
+        assert postgres["status"] == "measured" and postgres["backends"] >= 1, stage["server"]
+        assert stage["server"]["cpu_us_per_delivery"] >= stage["server"]["process_cpu_us_per_delivery"]
     ramp, hold, spike, storm = report["stages"]
     assert ramp["connections"]["websockets_open"] == 20
     assert ramp["connections"]["longpolls_held"] == 5
@@ -85,7 +89,8 @@ def test_python_and_http_paths_text_report(bench_server, dsn, path):
     publish = (["--publish", "python", "--dsn", dsn] if path == "python" else
                ["--publish", "http", "--publish-url", f"http://127.0.0.1:{bench_server.http_port}",
                 "--api-key", API_KEY])
-    result = run_bench(*_common(bench_server, *publish, "--notifications", "50", "--rate", "0"))
+    result = run_bench(*_common(bench_server, *publish, "--notifications", "50", "--rate", "0",
+                                "--server-pid", str(bench_server.pid)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"({path} publishing, 20 websockets, 5 long-polls, 2 channel(s)" in result.stdout
     assert "verdict: OK: nothing lost, nothing duplicated" in result.stdout
@@ -94,6 +99,9 @@ def test_python_and_http_paths_text_report(bench_server, dsn, path):
     # lost and duplicated columns
     assert all(row[12:14] == ["0", "0"] for row in rows), result.stdout
     assert "[hold]" in result.stderr      # the progress line
+    # Its PostgreSQL backends are found through --dsn; the http path gives none.
+    expected = "PostgreSQL backends" if path == "python" else "PostgreSQL backends not watched"
+    assert "hold: server CPU " in result.stdout and expected in result.stdout, result.stdout
 
 
 @pytest.mark.timeout(180)
