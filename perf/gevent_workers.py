@@ -28,12 +28,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rtbus.db.cluster import Cluster  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "perf"))
+from cpu_watch import CpuWatch, load_average  # noqa: E402
 
 BIN = pathlib.Path(sys.executable).parent
 READY = re.compile(r"evented service \(longpolling\) running on [\d.]+:(\d+)")
@@ -74,10 +78,11 @@ def stop_node(server: subprocess.Popen) -> None:
             server.wait(5)
 
 
-def run_one(count: int, drill: list[str], base: pathlib.Path, nodes: int = 1, nginx: bool = False) -> dict:
+def run_one(count: int, drill: list[str], base: pathlib.Path, nodes: int = 1, nginx: bool = False,
+            run: int = 0, nginx_workers: int = 1) -> dict:
     """The drill against one node with `count` gevent workers, or (`nginx`, or `nodes` > 1)
     through a real nginx balancing `nodes` such nodes (server figures: the first node's)."""
-    name = f"{nodes}x{count}"
+    name = f"{nodes}x{count}-{run}"
     cluster = Cluster(base / f"pg{name}", fast=True, tcp=True)
     cluster.init()
     cluster.start()
@@ -91,17 +96,39 @@ def run_one(count: int, drill: list[str], base: pathlib.Path, nodes: int = 1, ng
         servers = [server for server, _http, _lp in started]
         port = started[0][2]
         if nginx or nodes > 1:
-            proxy = _nginx(base / f"nginx{name}", [h for _s, h, _l in started], [lp for _s, _h, lp in started])
+            proxy = _nginx(base / f"nginx{name}", [h for _s, h, _l in started], [lp for _s, _h, lp in started],
+                           nginx_workers)
             port = proxy.port
         dsn = f"host=127.0.0.1 port={cluster.port} user={cluster.superuser} dbname=bench"
-        bench = subprocess.run(
+        watch = CpuWatch()
+        for n, server in enumerate(servers):
+            watch.add_node(f"node{n}", server.pid)
+        watch.add_tree("postgres", cluster.pid())
+        if proxy is not None:
+            watch.add_tree("nginx", proxy.proc.pid)
+        load_before = load_average()
+        bench = subprocess.Popen(
             [str(BIN / "rtbus-bench"), f"http://127.0.0.1:{port}", "--dsn", dsn, "--imbus-db", "bench",
              "--server-pid", str(servers[0].pid), "--server-log", str(base / f"server{name}-0.log"),
-             "--json", "-q", *drill],
-            env=env, capture_output=True, text=True, timeout=900)
-        if not bench.stdout.strip():
-            raise SystemExit(f"rtbus-bench printed no report: {bench.stderr[-2000:]}")
-        return json.loads(bench.stdout)
+             "--json", *drill],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watch.add_process("bench", bench.pid)
+        watch.start()
+        windows = {}
+        errors = threading.Thread(target=_stage_windows, args=(bench.stderr, windows), daemon=True)
+        errors.start()
+        out, _ = bench.communicate(timeout=900)
+        errors.join(5)
+        watch.stop()
+        if not out.strip():
+            raise SystemExit(f"rtbus-bench printed no report: {windows.get('tail', '')[-2000:]}")
+        report = json.loads(out)
+        report["perf"] = {"load_before": load_before, "load_after": load_average(),
+                          "cpu_percent": {stage: watch.usage(*span) for stage, span in windows.items()
+                                          if stage != "tail"},
+                          "windows": {stage: round(span[1] - span[0], 2) for stage, span in windows.items()
+                                      if stage != "tail"}}
+        return report
     finally:
         if proxy is not None:
             proxy.stop()
@@ -110,7 +137,28 @@ def run_one(count: int, drill: list[str], base: pathlib.Path, nodes: int = 1, ng
         cluster.destroy()
 
 
-def _nginx(directory: pathlib.Path, http_ports: list[int], longpolling_ports: list[int]):
+PROGRESS = re.compile(r"^\[(\w+)\]\s+([\d.]+)s")
+
+
+def _stage_windows(stream, windows: dict) -> None:
+    """Read the bench's progress lines: {stage: (start, last line)} on the monotonic clock
+    (a stage's start is its first line's time less the seconds it says), and the last
+    lines of anything else under "tail"."""
+    tail = []
+    for line in stream:
+        found = PROGRESS.match(line)
+        now = time.monotonic()
+        if found:
+            stage = found[1]
+            start = windows.get(stage, (now - float(found[2]), now))[0]
+            windows[stage] = (start, now)
+        else:
+            tail.append(line)
+            del tail[:-40]
+    windows["tail"] = "".join(tail)
+
+
+def _nginx(directory: pathlib.Path, http_ports: list[int], longpolling_ports: list[int], workers: int = 1):
     """The test suite's real nginx (conf/nginx.conf rendered for loopback) over these nodes."""
     sys.path.insert(0, str(ROOT / "tests"))
     sys.path.insert(0, str(ROOT / "tests" / "ops"))
@@ -126,6 +174,8 @@ def _nginx(directory: pathlib.Path, http_ports: list[int], longpolling_ports: li
     # The tests' 256 connections are far too few for a drill: two per proxied websocket.
     conf = conf.replace("events { worker_connections 256; }",
                         "worker_rlimit_nofile 65535;\nevents { worker_connections 30000; }")
+    # One line per connection at `info` would be a cost of its own at 10,000 websockets.
+    conf = conf.replace("worker_processes 1;", f"worker_processes {workers};").replace(" info;", " warn;")
     with open(proxy.conf, "w") as f:
         f.write(conf)
     proxy.start()
@@ -133,19 +183,28 @@ def _nginx(directory: pathlib.Path, http_ports: list[int], longpolling_ports: li
 
 
 def summary(label: str, report: dict) -> str:
+    """One line for the hold stage: latency, rates, where the CPU went (% of one core over
+    the stage, from CpuWatch), lost and duplicated, the load average around the run."""
     stages = {stage["stage"]: stage for stage in report.get("stages", [])}
-    hold = stages.get("hold") or next(iter(stages.values()), {})
+    name = "hold" if "hold" in stages else next(iter(stages), "")
+    hold = stages.get(name, {})
     latency = hold.get("latency_ms") or {}
-    server = hold.get("server") or {}
+    perf = report.get("perf", {})
+    cpu = perf.get("cpu_percent", {}).get(name, {})
+    window = perf.get("windows", {}).get(name)
+    gevent = sum(value for key, value in cpu.items() if "/gevent" in key)
     deliveries = hold.get("deliveries") or 0
-    seconds = hold.get("seconds") or 0
-    cpu = server.get("cpu_percent")
-    per_delivery = (f"{cpu / 100 * seconds / deliveries * 1e6:.1f} us" if cpu and deliveries and seconds
+    per_delivery = (f"{gevent / 100 * window / deliveries * 1e6:.1f} us" if deliveries and window
                     else "?")
     p99 = latency.get("p99")
-    return (f"{label}: p50 {latency.get('p50')} ms p99 {p99 and round(p99, 1)} ms "
-            f"deliveries/s {hold.get('deliveries_per_s')} server CPU {cpu}% "
-            f"({per_delivery}/delivery) lost {hold.get('lost')} dup {hold.get('duplicated')}")
+    parts = " ".join(f"{key} {value:.0f}%" for key, value in cpu.items())
+    return (f"{label}: {name} p50 {latency.get('p50')} ms p99 {p99 and round(p99, 1)} ms; "
+            f"published {hold.get('publish_per_s')}/s (publish p50 "
+            f"{(hold.get('publish_ms') or {}).get('p50')} ms); deliveries/s "
+            f"{hold.get('deliveries_per_s')}; gevent CPU {gevent:.0f}% ({per_delivery}/delivery); "
+            f"lost {hold.get('lost')} dup {hold.get('duplicated')} closes {hold.get('closes')} "
+            f"errors {hold.get('errors')} pool errors {hold.get('pool_errors_in_log')}; "
+            f"CPU: {parts}; load {perf.get('load_before')} -> {perf.get('load_after')}")
 
 
 def main() -> None:
@@ -154,6 +213,7 @@ def main() -> None:
     parser.add_argument("--nodes-counts", default="1",
                         help="nodes per run, e.g. 1,2 (above 1: a real nginx balances them)")
     parser.add_argument("--nginx", action="store_true", help="through nginx even with one node")
+    parser.add_argument("--nginx-workers", type=int, default=1, help="nginx worker processes")
     parser.add_argument("--json", action="store_true", help="print the bench reports too")
     parser.add_argument("drill", nargs=argparse.REMAINDER, help="rtbus-bench arguments (after --)")
     args = parser.parse_args()
@@ -162,11 +222,12 @@ def main() -> None:
     os.chmod(base, 0o755)
     reports = {}
     try:
-        for nodes in (int(n) for n in args.nodes_counts.split(",")):
-            for count in (int(c) for c in args.workers_counts.split(",")):
-                label = f"nodes={nodes} gevent_workers={count}"
-                reports[label] = run_one(count, drill, base, nodes, args.nginx)
-                print(summary(label, reports[label]), flush=True)
+        runs = [(int(n), int(c)) for n in args.nodes_counts.split(",")
+                for c in args.workers_counts.split(",")]
+        for run, (nodes, count) in enumerate(runs):
+            label = f"#{run + 1} nodes={nodes} gevent_workers={count}"
+            reports[label] = run_one(count, drill, base, nodes, args.nginx, run, args.nginx_workers)
+            print(summary(label, reports[label]), flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     if args.json:
