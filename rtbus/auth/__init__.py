@@ -59,6 +59,12 @@ class AuthBridge:
                    rules=ProxyRules(proxy, config.max_channels_per_subscription),
                    presence=ForwardingPresence(forwarder), forwarder=forwarder)
 
+    def stats(self) -> dict:
+        """The proxy's counters (AuthProxy.stats), its call ``latency`` histogram and the
+        forwarded ``events`` (EventForwarder.stats)."""
+        return {**self.proxy.stats(), "latency": self.proxy.latency.snapshot(),
+                "events": self.forwarder.stats()}
+
     def close(self) -> None:
         self.forwarder.stop()
         self.proxy.client.close()

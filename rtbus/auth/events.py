@@ -63,6 +63,12 @@ class EventForwarder:
             self._ready.notify()
         return True
 
+    def stats(self) -> dict:
+        """Events queued, sent, dropped (queue full) and failed, and the queue's length."""
+        return {"queued": self.counters["queued"], "sent": self.counters["sent"],
+                "dropped": self.counters["dropped"], "failed": self.counters["failed"],
+                "pending": len(self._queue)}
+
     def pending(self) -> int:
         return len(self._queue)
 

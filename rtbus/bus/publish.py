@@ -116,6 +116,11 @@ class Notifier:
         if len(payloads) > 1:
             self.counters["splits"] += 1
 
+    def stats(self) -> dict:
+        """Counters since start: ``notifies`` (payloads sent), ``splits`` (transactions
+        whose channels needed several payloads), ``connects``, ``errors``."""
+        return dict(self.counters)
+
     def close(self) -> None:
         """Close the cached imbus connections (those this process opened)."""
         with self._lock:
@@ -168,26 +173,6 @@ class Notifier:
             self._pid = pid
 
 
-_default_notifier: Notifier | None = None
-_default_lock = threading.Lock()
-
-
-def set_default_notifier(notifier: Notifier) -> None:
-    """Install the process's notifier (each rtbus process does this at start from its Config)."""
-    global _default_notifier
-    with _default_lock:
-        _default_notifier = notifier
-
-
-def default_notifier() -> Notifier:
-    """The notifier installed by set_default_notifier(), else one with Odoo's defaults."""
-    global _default_notifier
-    with _default_lock:
-        if _default_notifier is None:
-            _default_notifier = Notifier()
-        return _default_notifier
-
-
 # -- the per-transaction queue ----------------------------------------------------------
 
 
@@ -225,7 +210,16 @@ def _notify_after_commit(conn, pending: _Pending, notifier: Notifier | None) -> 
     # The transaction is committed: failing here must not look like a failed commit.
     # Subscribers then see these rows at their dispatcher's next wake-up instead.
     try:
-        (notifier or default_notifier()).notify(conn, list(pending.channels))
+        if notifier is not None:
+            notifier.notify(conn, list(pending.channels))
+        else:
+            # No notifier given: one with Odoo's defaults for this NOTIFY only (an
+            # extra connection when the imbus database is another one).
+            one_off = Notifier()
+            try:
+                one_off.notify(conn, list(pending.channels))
+            finally:
+                one_off.close()
     except Exception:
         _logger.exception("bus rows committed but the NOTIFY of %d channel(s) failed; "
                          "they will be delivered at the dispatcher's next wake-up",
@@ -238,8 +232,9 @@ class BusConnection(psycopg2.extensions.connection):
     Use `psycopg2.connect(..., connection_factory=BusConnection)`, then
     `sendone(conn, ...)` any number of times; `commit()` (or leaving `with conn:`
     without error) inserts the rows, commits, then NOTIFYs; `rollback()` or `close()`
-    drops them. Set `bus_notifier` on an instance to use another Notifier than the
-    process default.
+    drops them. Set `bus_notifier` on an instance to NOTIFY through that Notifier;
+    without one, each commit uses a Notifier with Odoo's defaults, opened and closed
+    for that NOTIFY (see `NOTIFIER_DEFAULT`).
     """
 
     bus_notifier: Notifier | None = None
@@ -317,7 +312,7 @@ def sendone(conn, channel, notification_type: str, payload) -> None:
 def sendmany(conn, notifications: Iterable[tuple]) -> None:
     """Queue several `(channel, notification_type, payload)` notifications; see sendone()."""
     if conn.autocommit:
-        publish(conn, conn.info.dbname, notifications)
+        publish(conn, conn.info.dbname, notifications, notifier=getattr(conn, "bus_notifier", None))
         return
     pending = _pending_for(conn)
     dbname = conn.info.dbname

@@ -1,8 +1,9 @@
-"""The WSGI application served by the HTTP workers, the gevent process and single mode.
+"""The WSGI application served by the HTTP workers, the gevent workers and single mode.
 
-Routes are declared in one werkzeug Map. Each process builds one Application
-with what that process has: every process has a connection pool; only the
-processes that hold subscribers (gevent, single) have a dispatcher.
+Routes are declared in one werkzeug Map. Each process builds its parts once
+(rtbus.service.services) and gives them to its Application: every process has a
+connection pool and sessions; only the processes that hold subscribers (gevent,
+single) have a dispatcher, long-polls and a websocket hub.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from werkzeug.wrappers import Request, Response
 
 from rtbus import errors
 from rtbus.db.connect import served_databases
-from rtbus.http import health, metrics_route, proxy, publish, session_routes, websocket_route
-from rtbus.http import bus_routes, cors, demo, index_page, longpolling, origin, static_files
+from rtbus.http import health, metrics_route, proxy, publish_route, session_routes, websocket_route
+from rtbus.http import bus_routes, cors, demo, index_page, longpolling, static_files
 from rtbus.http.responses import error_response
-from rtbus.session_followers import SessionFollowers
 
 _logger = logging.getLogger(__name__)
 
@@ -26,50 +26,44 @@ ROLES = ("http", "gevent", "single")
 
 
 class Application:
-    """A WSGI callable routing requests to endpoint functions ``f(app, request) -> Response``."""
+    """A WSGI callable routing requests to endpoint functions ``f(app, request) -> Response``.
 
-    def __init__(self, config, *, role: str, pool, dispatcher=None):
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}")
-        self.config = config
-        self.role = role
-        self.pool = pool
-        self.dispatcher = dispatcher
-        self.databases = served_databases(config)
-        self.origins = origin.OriginPolicy.from_config(config, role)
-        self.hub = None   # the websocket hub, set by the evented processes
-        # The websockets and held long-polls of each session, told when it changes
-        # (the evented processes' NOTIFY rtbus_session callback calls it).
-        self.session_followers = SessionFollowers()
-        self.snapshots = None   # this process's metrics SnapshotWriter, set by the process
-        self._publisher = None
-        self._sessions = None
-        self._policy = None
-        self._presence = None
-        self._longpolls = None
-        self._subscribe_hooks = None
-        self._static_files = None
-        # The application behind auth_proxy_url decides sessions, channels and presence.
-        self.auth = None
-        if config.auth_proxy_url:
-            from rtbus.auth import AuthBridge
-            from rtbus.bus.authorization import AfterSubscribeHooks
-            self.auth = AuthBridge.from_config(config)
-            self._sessions, self._policy = self.auth.sessions, self.auth.rules
-            self._presence = self.auth.presence
-            # The application runs its own after-subscribe steps (Odoo's
-            # _after_subscribe_data) while it answers the subscription.
-            self._subscribe_hooks = AfterSubscribeHooks()
+    `services` (rtbus.service.services.Services) is everything the routes use; the
+    Application reads its parts and creates none.
+    """
+
+    def __init__(self, services):
+        if services.role not in ROLES:
+            raise ValueError(f"a {services.role} process serves no HTTP")
+        self.services = services
+        self.config = services.config
+        self.role = services.role
+        self.databases = served_databases(self.config)
+        # The parts the routes use, as the process built them.
+        self.pool = services.pool
+        self.dispatcher = services.dispatcher
+        self.origins = services.origins
+        self.sessions = services.sessions
+        self.policy = services.policy
+        self.presence = services.presence
+        self.subscribe_hooks = services.subscribe_hooks
+        self.session_followers = services.followers
+        self.longpolls = services.longpolls
+        self.hub = services.hub
+        self.publisher = services.publisher
+        self.notifier = services.notifier
+        self.snapshots = services.snapshots
+        self.static_files = static_files.StaticFiles()   # read on first use, then kept
         self.url_map = Map([
             Rule("/", endpoint=index_page.page, methods=["GET", "HEAD"]),
             Rule("/index.json", endpoint=index_page.json_index, methods=["GET", "HEAD"]),
             Rule("/static/<path:filename>", endpoint=static_files.static, methods=["GET", "HEAD"]),
             Rule("/demo/session", endpoint=demo.session),
             Rule("/demo/people", endpoint=demo.people),
-            Rule("/demo/publish", endpoint=demo.publish),
+            Rule("/demo/publish", endpoint=demo.post_message),
             Rule("/websocket/health", endpoint=health.websocket_health, methods=["GET", "HEAD"]),
             Rule("/metrics", endpoint=metrics_route.metrics, methods=["GET", "HEAD"]),
-            Rule("/bus/publish", endpoint=publish.publish),
+            Rule("/bus/publish", endpoint=publish_route.bus_publish),
             Rule("/bus/session/create", endpoint=session_routes.create),
             Rule("/bus/session/rotate", endpoint=session_routes.rotate),
             Rule("/bus/session/revoke", endpoint=session_routes.revoke),
@@ -86,78 +80,6 @@ class Application:
             Rule("/websocket", endpoint=websocket_route.websocket, websocket=True),
             Rule("/websocket", endpoint=websocket_route.websocket),
         ])
-        if self.serves_subscribers:
-            # Once per evented process start (HTTP workers apply the same configuration).
-            _logger.info("%s", self.policy.describe())
-
-    @property
-    def policy(self):
-        """The channel rules of this deployment (rtbus.bus.authorization.ChannelRules): the
-        one decision of every transport. A replacement assigned here before the evented
-        process makes its hub takes its place for websockets, long-polls and peeks."""
-        if self._policy is None:
-            from rtbus.bus.authorization import ChannelPolicy
-            self._policy = ChannelPolicy.from_config(self.config)
-        return self._policy
-
-    @policy.setter
-    def policy(self, rules) -> None:
-        self._policy = rules
-
-    @property
-    def presence(self):
-        """This process's PresenceService (throttled, coalesced presence writes)."""
-        if self._presence is None:
-            from rtbus.bus.presence import PresenceService
-            self._presence = PresenceService.from_config(self.pool, self.config)
-        return self._presence
-
-    @property
-    def subscribe_hooks(self):
-        """The after-subscribe hooks of this process (presence pushes missed presences)."""
-        if self._subscribe_hooks is None:
-            from rtbus.bus.authorization import AfterSubscribeHooks
-            from rtbus.bus.presence import push_missed_presences
-            self._subscribe_hooks = AfterSubscribeHooks([push_missed_presences])
-        return self._subscribe_hooks
-
-    @property
-    def static_files(self):
-        """The browser client and the board's assets, read once by this process."""
-        if self._static_files is None:
-            self._static_files = static_files.StaticFiles()
-        return self._static_files
-
-    @property
-    def longpolls(self):
-        """The long-polls this process holds (evented processes only)."""
-        if self._longpolls is None:
-            if not self.serves_subscribers:
-                raise RuntimeError(f"a {self.role} process holds no long-polls")
-            from rtbus.bus.poll import LongPolls
-            self._longpolls = LongPolls.from_config(self.dispatcher, self.config)
-        return self._longpolls
-
-    @property
-    def sessions(self):
-        """This process's SessionStore (a small cache in front of rtbus_session)."""
-        if self._sessions is None:
-            from rtbus.session import SessionStore
-            config = self.config
-            if not self.serves_subscribers:
-                # No dispatcher here to hear the rtbus_session NOTIFYs: a cached
-                # check could outlive a revocation, so HTTP workers ask every time.
-                config = config.replace(session_check_cache_seconds=0)
-            self._sessions = SessionStore(self.pool, config)
-        return self._sessions
-
-    @property
-    def publisher(self):
-        """This process's Publisher (it keeps one connection to the imbus database)."""
-        if self._publisher is None:
-            from rtbus.bus.publish import Publisher
-            self._publisher = Publisher.from_config(self.config)
-        return self._publisher
 
     def database(self, name: str | None) -> str:
         """The served database a request names, or the first one; UnknownDatabase otherwise
@@ -168,17 +90,10 @@ class Application:
             raise errors.UnknownDatabase("this server does not serve the database the request names")
         return name
 
-    def close(self) -> None:
-        """Release what the application holds (the publisher's imbus connection)."""
-        if self._publisher is not None and self._publisher.notifier is not None:
-            self._publisher.notifier.close()
-        if self.auth is not None:
-            self.auth.close()
-
     @property
     def serves_subscribers(self) -> bool:
         """True in the processes that hold websockets and long-polls."""
-        return self.role in ("gevent", "single")
+        return self.services.serves_subscribers
 
     def __call__(self, environ, start_response):
         if self.config.proxy_mode:

@@ -71,7 +71,7 @@ def peek_notifications(app, request: Request, *, channels, last=0, is_first_poll
         raise InvalidParams(str(exc)) from None
     session = subscription.session_or(session)
     app.subscribe_hooks.run(session, subscription, SubscribeContext(
-        pool=app.pool, transport="peek", extra={"remote": request.remote_addr}))
+        pool=app.pool, transport="peek", notifier=app.notifier, extra={"remote": request.remote_addr}))
     return {"channels": subscription.anchored_channels(),
             "notifications": _read_notifications(app, dbname, subscription.channels, last)}
 

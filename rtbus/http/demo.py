@@ -120,7 +120,7 @@ def people(app, request: Request):
 
 
 @jsonrpc_route(authorize=require_demo_mode)
-def publish(app, request: Request, *, channel, text):
+def post_message(app, request: Request, *, channel, text):
     dbname = app.database(None)
     if not isinstance(channel, str) or not CHANNEL_NAME.fullmatch(channel):
         raise InvalidParams("the demo publishes on demo.<name> channels only "

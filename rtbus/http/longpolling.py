@@ -74,7 +74,8 @@ def _poll(app, request: Request, *, channels, last=0, options=None):
         # A page's first poll. Later polls re-subscribe after every answer: running
         # the hooks then would echo their own notifications back for ever.
         app.subscribe_hooks.run(session, subscription, SubscribeContext(
-            pool=app.pool, transport="longpolling", extra={"remote": request.remote_addr}))
+            pool=app.pool, transport="longpolling", notifier=app.notifier,
+            extra={"remote": request.remote_addr}))
     if not app.dispatcher.listening:
         # Nothing would wake the poll: let the client retry rather than hang for 50 s.
         raise DatabaseUnavailable("the bus cannot LISTEN to PostgreSQL right now; retry later")

@@ -16,7 +16,7 @@ import time
 
 from werkzeug.wrappers import Request, Response
 
-from rtbus.metrics import collect, exposition, snapshots
+from rtbus.metrics import exposition, snapshots
 
 
 def metrics(app, request: Request) -> Response:
@@ -26,9 +26,7 @@ def metrics(app, request: Request) -> Response:
         found = snapshots.read_all(writer.directory)
     else:
         found = [{"kind": app.role, "pid": os.getpid(), "started": None, "written": time.time(),
-                  "metrics": collect.merge(collect.process_figures(), collect.pool_figures(app.pool),
-                                           collect.hub_figures(app.hub),
-                                           collect.dispatcher_figures(app.dispatcher))}]
+                  "metrics": app.services.figures()}]
     response = Response(exposition.render(found), mimetype="text/plain")
     response.headers["Content-Type"] = exposition.CONTENT_TYPE
     response.headers["Cache-Control"] = "no-store"

@@ -90,6 +90,10 @@ class OriginPolicy:
         return cls(config.allowed_origins, refuse=config.cross_origin_sessions == "refuse",
                    sibling_port=sibling)
 
+    def stats(self) -> dict:
+        """Cross-origin requests seen: ``downgraded`` (served without the session), ``refused``."""
+        return dict(self.counters)
+
     def trusts(self, environ) -> bool:
         """Whether the request's Origin (present) may act with its session cookie."""
         origin = parse_origin(environ.get("HTTP_ORIGIN"))

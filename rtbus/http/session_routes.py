@@ -20,7 +20,7 @@ from __future__ import annotations
 import psycopg2
 
 from rtbus.http.jsonrpc import InvalidParams, jsonrpc_route
-from rtbus.http.publish import check_api_key
+from rtbus.http.publish_route import check_api_key
 from rtbus.session import SessionNotFound, create_session, revoke_session, revoke_user_sessions, \
     rotate_session, set_groups
 

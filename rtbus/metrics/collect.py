@@ -50,15 +50,11 @@ def pool_figures(*pools) -> dict:
     return figures
 
 
-def session_figures(app) -> dict:
-    """The session checks and the Origin rule of a process's Application."""
-    if app is None:
-        return {}
-    figures = {"rtbus_cross_origin_requests_total": dict(app.origins.counters)}
-    auth = getattr(app, "auth", None)
+def session_figures(origins, sessions=None, auth=None) -> dict:
+    """The Origin rule's refusals and the session checks (or the authorization proxy's)."""
+    figures = {"rtbus_cross_origin_requests_total": origins.stats()}
     if auth is not None:
         return {**figures, **auth_proxy_figures(auth)}
-    sessions = getattr(app, "_sessions", None)     # never created here
     if sessions is not None:
         stats = sessions.stats()
         figures["rtbus_session_lookups_total"] = stats["lookups"]
@@ -69,8 +65,8 @@ def session_figures(app) -> dict:
 
 def auth_proxy_figures(auth) -> dict:
     """The calls, cache and events of an AuthBridge (rtbus.auth)."""
-    stats = auth.proxy.stats()
-    events = auth.forwarder.counters
+    stats = auth.stats()
+    events = stats["events"]
     return {
         "rtbus_auth_proxy_calls_total": stats["calls"],
         "rtbus_auth_proxy_cache_total": {"hit": stats["hits"], "joined": stats["joined"],
@@ -78,7 +74,7 @@ def auth_proxy_figures(auth) -> dict:
         "rtbus_auth_proxy_errors_total": stats["errors"],
         "rtbus_auth_proxy_refusals_total": stats["refusals"],
         "rtbus_auth_proxy_cached_answers": stats["cached"],
-        "rtbus_auth_proxy_latency_seconds": auth.proxy.latency.snapshot(),
+        "rtbus_auth_proxy_latency_seconds": stats["latency"],
         "rtbus_auth_proxy_events_total": {"sent": events["sent"], "dropped": events["dropped"],
                                           "failed": events["failed"]},
     }
@@ -88,34 +84,30 @@ def hub_figures(hub) -> dict:
     """The websocket hub's gauges and counters, and the delivery latency histogram."""
     if hub is None:
         return {}
-    counters = hub.counters
-    figures = {
-        "rtbus_websockets_open": len(hub.connections),
-        "rtbus_websockets_opened_total": counters["opened"],
-        "rtbus_websocket_subscriptions_total": counters["subscriptions"],
-        "rtbus_websocket_reauthorizations_total": counters["reauthorizations"],
-        "rtbus_websocket_closes_total": {str(code): count for code, count in hub.closes.items()},
-        "rtbus_websocket_batches_sent_total": counters["batches_sent"],
-        "rtbus_websocket_batches_written_through_total": counters["batches_written_through"],
-        "rtbus_websocket_batches_compressed_total": counters["batches_compressed"],
-        "rtbus_websocket_batch_bytes_sent_total": counters["batch_bytes_sent"],
-        "rtbus_websocket_deflate_negotiated_total": counters["deflate_negotiated"],
-        "rtbus_websocket_receive_budget_bytes": hub.receive_budget.used,
-        "rtbus_websocket_receive_budget_refusals_total": hub.receive_budget.refusals,
-        "rtbus_slow_consumers_dropped_total": counters["slow_consumers"],
-        "rtbus_rate_limit_closes_total": counters["rate_limited"],
+    stats = hub.stats()
+    return {
+        "rtbus_websockets_open": stats["open"],
+        "rtbus_websockets_opened_total": stats.get("opened", 0),
+        "rtbus_websocket_subscriptions_total": stats.get("subscriptions", 0),
+        "rtbus_websocket_reauthorizations_total": stats.get("reauthorizations", 0),
+        "rtbus_websocket_closes_total": {str(code): count for code, count in stats["closes"].items()},
+        "rtbus_websocket_batches_sent_total": stats.get("batches_sent", 0),
+        "rtbus_websocket_batches_written_through_total": stats.get("batches_written_through", 0),
+        "rtbus_websocket_batches_compressed_total": stats.get("batches_compressed", 0),
+        "rtbus_websocket_batch_bytes_sent_total": stats.get("batch_bytes_sent", 0),
+        "rtbus_websocket_deflate_negotiated_total": stats.get("deflate_negotiated", 0),
+        "rtbus_websocket_receive_budget_bytes": stats["receive_budget_used"],
+        "rtbus_websocket_receive_budget_refusals_total": stats["receive_budget_refusals"],
+        "rtbus_slow_consumers_dropped_total": stats.get("slow_consumers", 0),
+        "rtbus_rate_limit_closes_total": stats.get("rate_limited", 0),
+        "rtbus_delivery_latency_seconds": stats["latency"],
     }
-    latency = getattr(hub, "latency", None)
-    if latency is not None:
-        figures["rtbus_delivery_latency_seconds"] = latency.snapshot()
-    return figures
 
 
-def longpoll_figures(app) -> dict:
-    """The long-polls of an evented process, once it has served one (never created here)."""
-    longpolls = getattr(app, "_longpolls", None)
+def longpoll_figures(longpolls) -> dict:
+    """The long-polls an evented process holds and how they ended."""
     if longpolls is None:
-        return {"rtbus_longpolls_open": 0} if app is not None and app.serves_subscribers else {}
+        return {}
     stats = longpolls.stats()
     outcomes = {key: stats[key] for key in ("delivered", "timeout", "left", "stopped", "failed")
                 if key in stats}
@@ -145,29 +137,12 @@ def dispatcher_figures(dispatcher) -> dict:
     }
 
 
-def notifier_figures(*notifiers) -> dict:
-    """Sums over the distinct notifiers of the process (the default one, the publisher's)."""
-    seen: dict[int, object] = {}
-    for notifier in notifiers:
-        if notifier is not None:
-            seen[id(notifier)] = notifier
-    if not seen:
-        return {}
-    totals = {"notifies": 0, "splits": 0, "errors": 0}
-    for notifier in seen.values():
-        for key in totals:
-            totals[key] += notifier.counters.get(key, 0)
-    return {"rtbus_notify_payloads_total": totals["notifies"],
-            "rtbus_notify_splits_total": totals["splits"],
-            "rtbus_notify_errors_total": totals["errors"]}
-
-
-def app_notifiers(app) -> tuple:
-    """The notifiers a process's Application may have used: the default one and its publisher's."""
-    from rtbus.bus.publish import default_notifier
-
-    publisher = getattr(app, "_publisher", None) if app is not None else None
-    return (default_notifier(), publisher.notifier if publisher is not None else None)
+def notifier_figures(notifier) -> dict:
+    """The after-commit NOTIFYs of the process's Notifier (rtbus.bus.publish)."""
+    stats = notifier.stats()
+    return {"rtbus_notify_payloads_total": stats["notifies"],
+            "rtbus_notify_splits_total": stats["splits"],
+            "rtbus_notify_errors_total": stats["errors"]}
 
 
 def master_figures(master) -> dict:
@@ -181,16 +156,6 @@ def master_figures(master) -> dict:
     }
 
 
-def evented_figures(server) -> dict:
-    """Everything an evented process (gevent or single) has."""
-    app = server.app
-    return merge(process_figures(),
-                 pool_figures(server.pool, getattr(server, "cron_pool", None)),
-                 hub_figures(server.hub), longpoll_figures(app),
-                 dispatcher_figures(server.dispatcher), notifier_figures(*app_notifiers(app)),
-                 session_figures(app), edge_figures(server.server))
-
-
 def edge_figures(edge) -> dict:
     """The evented port's caps and deadlines (rtbus.websocket.pywsgi_edge.EdgeServer)."""
     if edge is None:
@@ -199,12 +164,3 @@ def edge_figures(edge) -> dict:
     return {"rtbus_edge_connections": stats["connections"],
             "rtbus_edge_refusals_total": {**stats["refused"], "head_too_large": stats["heads_too_large"]},
             "rtbus_edge_deadlines_passed_total": stats["expired"]}
-
-
-def worker_figures(pool, app=None, requests: int | None = None) -> dict:
-    """Everything an HTTP or cron worker has."""
-    figures = merge(process_figures(), pool_figures(pool), notifier_figures(*app_notifiers(app)),
-                    session_figures(app))
-    if requests is not None:
-        figures["rtbus_http_requests_total"] = requests
-    return figures

@@ -37,8 +37,8 @@ SESSION_GC_INTERVAL = 3600
 PRESENCE_GC_INTERVAL = 600
 
 
-def bus_jobs(config) -> tuple[Job, ...]:
-    """The jobs every rtbus deployment runs."""
+def bus_jobs(config, notifier) -> tuple[Job, ...]:
+    """The jobs every rtbus deployment runs; `notifier` NOTIFYs the presences they end."""
     from rtbus.bus.gc import collect_garbage
     from rtbus.bus.presence import gc_presences
     from rtbus.session import gc_sessions
@@ -51,7 +51,7 @@ def bus_jobs(config) -> tuple[Job, ...]:
         return f"{gc_sessions(conn)} expired sessions deleted"
 
     def presence_gc(conn) -> str:
-        return f"{gc_presences(conn)} outdated presences removed"
+        return f"{gc_presences(conn, notifier)} outdated presences removed"
 
     return (Job("bus_gc", config.gc_interval_seconds, bus_gc),
             Job("session_gc", SESSION_GC_INTERVAL, session_gc),

@@ -56,11 +56,11 @@ class EventedServer:
         self._fast = False
         self._database = None
         self._runtime_dir: str | None = None   # claimed by single mode, released at its stop
+        self.services = None    # rtbus.service.services.Services, built at start
         self.dispatcher = None
         self.app = None
         self.hub = None
         self.pool = None
-        self.cron_pool = None
         self.server = None      # the EdgeServer on the listening socket
 
     # -- lifecycle -------------------------------------------------------
@@ -99,31 +99,25 @@ class EventedServer:
         self.config = self.config.replace(runtime_dir=self._runtime_dir)
 
     def _start(self) -> None:
-        from rtbus.bus.dispatch import ImDispatch
-        from rtbus.bus.publish import Notifier, set_default_notifier
-        from rtbus.db.budget import pool_size
-        from rtbus.db.connect import process_pool
         from rtbus.http.app import Application
+        from rtbus.metrics import collect
+        from rtbus.service.services import build
         from rtbus.websocket.edge import EdgeLimits
         from rtbus.websocket.pywsgi_edge import EdgeServer
 
         config = self.config
-        set_default_notifier(Notifier.from_config(config))
-        self.pool = process_pool(config, name=self.mode, maxconn=pool_size(config, self.mode))
-        self.dispatcher = ImDispatch.from_config(config)
-        self.app = Application(config, role=self.mode, pool=self.pool, dispatcher=self.dispatcher)
-        from rtbus.session import NOTIFY_CHANNEL
-        self.dispatcher.listen(NOTIFY_CHANNEL, self._on_session_notify)
-        from rtbus.bus.presence import PRESENCE_NOTIFY_CHANNEL
-        self.dispatcher.listen(PRESENCE_NOTIFY_CHANNEL, self.app.presence.on_presence_notify)
+        extra = (lambda: {"worker": self.worker}) if self.mode == "gevent" else None
+        self.services = build(config, self.mode, extra_figures=lambda: collect.edge_figures(self.server),
+                              snapshot_extra=extra)
+        self.dispatcher = self.services.dispatcher
+        self.pool = self.services.pool
+        self.hub = self.services.hub
+        self.app = Application(self.services)
         if not self.dispatcher.start(wait=10.0):
             _logger.warning("LISTEN imbus is not up yet; the dispatcher keeps retrying in the background")
-        self.hub = self._make_hub()
-        self.app.hub = self.hub
         # Held long-polls first: they answer at once, websockets close in batches.
-        self.stop_hooks.append(self.app.longpolls.close_all)
+        self.stop_hooks.append(self.services.longpolls.close_all)
         self.stop_hooks.append(self.hub.close_all)
-        self.app.snapshots = self._snapshot_writer()
         self.server = EdgeServer(
             self.listener, self.app, limits=EdgeLimits.from_config(config),
             log=logging.getLogger("rtbus.http.access"),
@@ -139,35 +133,11 @@ class EventedServer:
             _logger.info("rtbus single process %d serving every route on %s:%d", os.getpid(), host, port)
             gevent.spawn(self._cron_loop)
         gevent.spawn(self._watchdog_loop)
-        if self.app.snapshots is not None:
+        if self.services.snapshots is not None:
             gevent.spawn(self._snapshot_loop)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.request_stop, signal.Signals(signum).name)
         gevent.signal_handler(signal.SIGQUIT, self._stop_now, "SIGQUIT")
-
-    def _on_session_notify(self, dbname: str, payload: str) -> None:
-        # The dispatcher's greenlet: the cache first, then the open sockets and held
-        # long-polls concerned (they only queue their re-checks here).
-        self.app.sessions.on_session_notify(dbname, payload)
-        self.app.session_followers.changed(dbname, payload)
-
-    def _snapshot_writer(self):
-        from rtbus.metrics import collect
-        from rtbus.metrics.snapshots import SnapshotWriter
-
-        if not self.config.runtime_dir:
-            return None
-        extra = (lambda: {"worker": self.worker}) if self.mode == "gevent" else None
-        return SnapshotWriter(self.config.runtime_dir, self.mode, lambda: collect.evented_figures(self),
-                              extra=extra)
-
-    def _make_hub(self):
-        from rtbus.websocket.hub import Hub, WebsocketSettings
-
-        return Hub(WebsocketSettings.from_config(self.config), dispatcher=self.dispatcher,
-                   sessions=self.app.sessions, policy=self.app.policy,
-                   hooks=self.app.subscribe_hooks, pool=self.pool,
-                   presence=self.app.presence, followers=self.app.session_followers)
 
     def request_stop(self, why: str) -> None:
         """Begin a graceful stop; a second request makes it fast."""
@@ -199,17 +169,10 @@ class EventedServer:
         if active:
             _logger.info("waiting up to %.0f s for %d connections", timeout, active)
         server.stop(timeout=timeout)
-        self.dispatcher.stop(timeout=5.0)
-        if self.app.snapshots is not None:
-            self.app.snapshots.remove()
+        self.services.close()
         if self._runtime_dir is not None:
             from rtbus.service import runtime
             runtime.release(self._runtime_dir, remove_dir=self._runtime_default)
-        self.app.close()
-        if self.pool is not None:
-            self.pool.close_all()
-        if self.cron_pool is not None:
-            self.cron_pool.close_all()
         _logger.info("evented process %d stopped", os.getpid())
 
     # -- background greenlets --------------------------------------------
@@ -221,7 +184,7 @@ class EventedServer:
             gevent.sleep(HEARTBEAT_INTERVAL)
 
     def _snapshot_loop(self) -> None:
-        writer = self.app.snapshots
+        writer = self.services.snapshots
         while not self._stopping.is_set():
             writer.write()
             self._stopping.wait(timeout=writer.interval)
@@ -236,15 +199,9 @@ class EventedServer:
                 self.request_stop(f"limit_memory_soft_gevent reached ({process.virtual_memory()} > {soft} bytes)")
 
     def _cron_loop(self) -> None:
-        from rtbus.db.connect import process_pool, served_databases
-        from rtbus.service.cron import CronRunner, bus_jobs
-        from rtbus.db.budget import pool_size
-
-        config = self.config
-        if not config.max_cron_threads:
+        runner = self.services.cron
+        if runner is None:
             return
-        self.cron_pool = process_pool(config, name="cron", maxconn=pool_size(config, "cron"))
-        runner = CronRunner(self.cron_pool, served_databases(config), bus_jobs(config))
         while not self._stopping.is_set():
             wait = runner.run_pending()
             self._stopping.wait(timeout=wait)

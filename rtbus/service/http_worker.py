@@ -100,34 +100,22 @@ class HttpWorker(ChildProcess):
         return reason
 
     def setup(self) -> None:
-        from rtbus.bus.publish import Notifier, set_default_notifier
-        from rtbus.db.budget import pool_size
-        from rtbus.db.connect import process_pool
         from rtbus.http.app import Application
+        from rtbus.service.services import build
 
         config = self.config
         process.set_memory_hard_limit(config.limit_memory_hard)
-        set_default_notifier(Notifier.from_config(config))
-        self.pool = process_pool(config, name="http", maxconn=pool_size(config, "http"))
-        self.app = Application(config, role="http", pool=self.pool)
-        self.snapshots = self.app.snapshots = self._snapshot_writer()
+        self.services = build(config, "http",
+                              extra_figures=lambda: {"rtbus_http_requests_total": self.requests})
+        self.app = Application(self.services)
+        self.snapshots = self.services.snapshots
         self._reporting = _Reporting(self.app, self.heartbeat)
         self.server = _Server(self.listener, self._reporting, config.http_socket_timeout)
         _logger.debug("http worker %d ready", os.getpid())
 
     def teardown(self) -> None:
-        self.app.close()
-        self.pool.close_all()
+        self.services.close()
         self.server.socket.close()
-
-    def _snapshot_writer(self):
-        from rtbus.metrics import collect
-        from rtbus.metrics.snapshots import SnapshotWriter
-
-        if not self.config.runtime_dir:
-            return None
-        return SnapshotWriter(self.config.runtime_dir, "http",
-                              lambda: collect.worker_figures(self.pool, self.app, self.requests))
 
     def tick(self) -> None:
         """Wait up to BEAT for a connection and serve it."""

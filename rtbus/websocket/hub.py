@@ -69,7 +69,7 @@ class Hub:
     """Open websockets of this process and the services they use."""
 
     def __init__(self, settings: WebsocketSettings, *, dispatcher, sessions, policy, hooks, pool,
-                 presence=None, followers=None):
+                 presence=None, followers=None, notifier=None):
         from rtbus.session_followers import SessionFollowers
 
         self.settings = settings
@@ -81,6 +81,7 @@ class Hub:
         self.hooks = hooks
         self.pool = pool
         self.presence = presence
+        self.notifier = notifier    # what after-subscribe hooks publish with
         self.connections: dict[int, object] = {}
         self.counters: collections.Counter = collections.Counter()
         self.closes: collections.Counter = collections.Counter()    # by close code
@@ -205,7 +206,7 @@ class Hub:
         connection.subscribe_request = request
         self.counters["subscriptions"] += 1
         if self.hooks is not None and len(self.hooks):
-            context = SubscribeContext(pool=self.pool, transport="websocket",
+            context = SubscribeContext(pool=self.pool, transport="websocket", notifier=self.notifier,
                                        extra={"connection": connection.id, "remote": connection.remote})
             self.hooks.run(connection.session, subscription, context)
 
@@ -217,4 +218,5 @@ class Hub:
         budget = self.receive_budget
         return {"open": len(self.connections), **self.counters,
                 "closes": dict(self.closes), "receive_budget_used": budget.used,
-                "receive_budget_peak": budget.peak, "receive_budget_refusals": budget.refusals}
+                "receive_budget_peak": budget.peak, "receive_budget_refusals": budget.refusals,
+                "latency": self.latency.snapshot()}

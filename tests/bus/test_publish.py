@@ -121,11 +121,7 @@ def test_autocommit_connection_publishes_at_once(bus_db, connections, listen, no
     listener = listen("postgres")
     conn = connections(bus_db, bus=True, autocommit=True)
     conn.bus_notifier = notifier
-    bus_publish.set_default_notifier(notifier)
-    try:
-        sendone(conn, "broadcast", "t", 1)
-    finally:
-        bus_publish._default_notifier = None
+    sendone(conn, "broadcast", "t", 1)
     assert len(bus_rows(connections(bus_db))) == 1
     assert mine(listener.collect(1), bus_db) == [f'[["{bus_db}","broadcast"]]']
 

@@ -64,7 +64,7 @@ def _notifications(notifications, channel, notification_type, payload) -> list[t
 
 
 @jsonrpc_route(authorize=check_api_key)
-def publish(app, request, *, channel=None, type=None, payload=None, notifications=None, db=None):
+def bus_publish(app, request, *, channel=None, type=None, payload=None, notifications=None, db=None):
     dbname = app.database(db)
     batch = _notifications(notifications, channel, type, payload)
     try:
