@@ -57,10 +57,7 @@ class EventedServer:
         self._database = None
         self._runtime_dir: str | None = None   # claimed by single mode, released at its stop
         self.services = None    # rtbus.service.services.Services, built at start
-        self.dispatcher = None
         self.app = None
-        self.hub = None
-        self.pool = None
         self.server = None      # the EdgeServer on the listening socket
 
     # -- lifecycle -------------------------------------------------------
@@ -109,15 +106,12 @@ class EventedServer:
         extra = (lambda: {"worker": self.worker}) if self.mode == "gevent" else None
         self.services = build(config, self.mode, extra_figures=lambda: collect.edge_figures(self.server),
                               snapshot_extra=extra)
-        self.dispatcher = self.services.dispatcher
-        self.pool = self.services.pool
-        self.hub = self.services.hub
         self.app = Application(self.services)
-        if not self.dispatcher.start(wait=10.0):
+        if not self.services.dispatcher.start(wait=10.0):
             _logger.warning("LISTEN imbus is not up yet; the dispatcher keeps retrying in the background")
         # Held long-polls first: they answer at once, websockets close in batches.
         self.stop_hooks.append(self.services.longpolls.close_all)
-        self.stop_hooks.append(self.hub.close_all)
+        self.stop_hooks.append(self.services.hub.close_all)
         self.server = EdgeServer(
             self.listener, self.app, limits=EdgeLimits.from_config(config),
             log=logging.getLogger("rtbus.http.access"),
