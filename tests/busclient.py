@@ -49,6 +49,22 @@ def connect(port: int, *, sid: str | None = None, path: str = "/websocket", time
                                        class_=BusSocket, **kwargs)
 
 
+def reconnect(port: int, deadline: float = 10.0, **kwargs) -> BusSocket:
+    """connect(), retried the way a browser's bus client retries while a server restarts.
+
+    A connection the kernel queued on a listener that then went away is reset or
+    refused; the client tries again (here without its backoff) until `deadline`.
+    """
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            return connect(port, **kwargs)
+        except (ConnectionResetError, ConnectionRefusedError, websocket.WebSocketConnectionClosedException):
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.05)      # the client's backoff, short
+
+
 def send_event(ws, name: str, data) -> None:
     ws.send(json.dumps({"event_name": name, "data": data}))
 

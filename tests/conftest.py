@@ -69,6 +69,26 @@ def pytest_sessionfinish(session, exitstatus):
     pgcluster.destroy_all()
 
 
+SERVER_LOG_TAIL = 8000    # characters of each server's log shown with a failed test
+started_servers = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the end of the log of every server it started."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for server in item.stash.get(started_servers, []):
+        try:
+            with open(server.log_path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        report.sections.append((f"rtbus-server log {server.log_path} (end)", text[-SERVER_LOG_TAIL:]))
+
+
 class TimeBoundExceeded(Exception):
     """A test ran past its time bound."""
 
@@ -220,7 +240,7 @@ def server_env(pg_env) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_server(server_env, tmp_path):
+def start_server(server_env, tmp_path, request):
     """Factory: ``start_server(*args, env=None, wait=True)`` → a started ServerProcess.
 
     Ports default to 0 (the log says which were bound). Every server is stopped
@@ -228,7 +248,7 @@ def start_server(server_env, tmp_path):
     """
     from serverproc import ServerProcess
 
-    started = []
+    started = request.node.stash.setdefault(started_servers, [])
 
     def start(*args: str, env: dict | None = None, wait: bool = True, name: str = "server"):
         log_path = str(tmp_path / f"{name}-{len(started)}.log")

@@ -52,12 +52,20 @@ def children_of(pid: int) -> dict[int, str]:
 
 
 def is_alive(pid: int) -> bool:
+    """Whether any thread of process `pid` still runs.
+
+    A zombie main thread is not enough: when a threaded process is killed its
+    main thread can turn zombie while the others are still exiting, and the
+    process's files (its listening socket among them) close only with the last.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             state = f.read().rsplit(b")", 1)[1].split()[0]
+        if state != b"Z":
+            return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except OSError:
         return False
-    return state != b"Z"
 
 
 def http_get(port: int, path: str, timeout: float = 5.0, headers: dict | None = None):
