@@ -198,3 +198,15 @@ def still_connected(ws, timeout: float = 3.0) -> bool:
         return barrier(ws, timeout)
     except (websocket.WebSocketException, OSError):
         return False
+
+
+def im_statuses(ws, partner_id: int, count: int, timeout: float = 10.0) -> list[str]:
+    """The im_status values announced for `partner_id`, until `count` arrived or `timeout`."""
+    found: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(found) < count and time.monotonic() < deadline:
+        for notification in receive(ws, 1, timeout=max(deadline - time.monotonic(), 0.01)):
+            message = notification["message"]
+            if message["type"] == "bus.bus/im_status_updated" and message["payload"]["partner_id"] == partner_id:
+                found.append(message["payload"]["im_status"])
+    return found

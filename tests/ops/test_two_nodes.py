@@ -14,7 +14,8 @@ import pytest
 import busclient
 import pgcluster
 from buspublish import Publish
-from ops_helpers import Nginx, ops_env, publish_over_http
+from ops_helpers import API_KEY, Nginx, ops_env, publish_over_http, rpc
+from rtbus.session import create_session
 from serverproc import ServerProcess, wait_until
 from waiting import metric
 
@@ -59,6 +60,13 @@ def balancer(nginx_bin, nodes, tmp_path_factory):
     proxy.start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture
+def nodes_conn(pg_cluster, nodes_db):
+    conn = pg_cluster.connect(nodes_db)
+    yield conn
+    conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +126,53 @@ def test_a_publish_on_either_node_reaches_subscribers_on_both(balancer, nodes):
             ws.close()
 
 
+def test_a_logout_on_one_node_closes_the_sessions_websockets_on_both(nodes, nodes_conn):
+    sid = create_session(nodes_conn, 701, 7010, [])
+    nodes_conn.commit()
+    sockets = [busclient.connect(node.longpolling_port, sid=sid) for node in nodes]
+    try:
+        for ws in sockets:
+            busclient.subscribe(ws, ["room"])
+            busclient.barrier(ws)
+        status, answer = rpc(nodes[0].http_port, "/bus/session/revoke", {"sid": sid},
+                             headers={"Authorization": f"Bearer {API_KEY}"})
+        assert status == 200 and "result" in answer, answer
+        # Node a's own worker revoked it; node b heard the NOTIFY rtbus_session.
+        assert [busclient.close_code(ws, timeout=5) for ws in sockets] == [4001, 4001]
+    finally:
+        for ws in sockets:
+            ws.close()
+
+
+def test_presence_holds_when_a_users_tabs_are_on_different_nodes(nodes, nodes_conn):
+    watcher_sid = create_session(nodes_conn, 711, 7110, [])
+    sid = create_session(nodes_conn, 712, 7120, [])
+    nodes_conn.commit()
+    watcher = busclient.connect(nodes[0].longpolling_port, sid=watcher_sid)
+    tabs = []
+    try:
+        busclient.subscribe(watcher, ["odoo-presence-res.partner_7120"], last=10**9)
+        tabs = [busclient.connect(node.longpolling_port, sid=sid) for node in nodes]
+        for ws in tabs:
+            busclient.send_event(ws, "update_presence", {"inactivity_period": 0})
+            busclient.barrier(ws)
+        assert busclient.im_statuses(watcher, 7120, 1) == ["online"]
+        on_a, on_b = tabs
+        on_b.close()       # the user's only tab on node b, not the user's last tab
+        # b wrote offline; a, still holding a tab, heard it and wrote the status back.
+        assert busclient.im_statuses(watcher, 7120, 2) == ["offline", "online"]
+        with nodes_conn.cursor() as cur:
+            cur.execute("SELECT status FROM rtbus_presence WHERE user_id = 712")
+            assert cur.fetchone() == ("online",)
+        nodes_conn.rollback()
+        on_a.close()       # now the user's very last tab
+        assert busclient.im_statuses(watcher, 7120, 1) == ["offline"]
+    finally:
+        for ws in [*tabs, watcher]:
+            ws.close()
+
+
+# Last: it kills node a for good (the nodes are module-scoped).
 def test_clients_of_a_killed_node_resume_on_the_other_and_lose_nothing(balancer, nodes, nodes_publish):
     sockets = connect_spread(balancer, nodes, "lobby")
     first = nodes_publish("lobby", "before", count=3)

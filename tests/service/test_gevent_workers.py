@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import time
 
 import pytest
 
@@ -171,18 +170,6 @@ def test_reload_starts_new_workers_then_drains_the_old_ones(two_workers):
         ws.close()
 
 
-def im_statuses(ws, partner_id: int, count: int, timeout: float = 10.0) -> list[str]:
-    """The im_status values announced for `partner_id`, until `count` arrived or `timeout`."""
-    found: list[str] = []
-    deadline = time.monotonic() + timeout
-    while len(found) < count and time.monotonic() < deadline:
-        for notification in busclient.receive(ws, 1, timeout=max(deadline - time.monotonic(), 0.01)):
-            message = notification["message"]
-            if message["type"] == "bus.bus/im_status_updated" and message["payload"]["partner_id"] == partner_id:
-                found.append(message["payload"]["im_status"])
-    return found
-
-
 def test_presence_holds_when_a_users_tabs_are_on_different_workers(two_workers, module_conn):
     server = two_workers
     watcher_sid = create_session(module_conn, 501, 5010, [])
@@ -206,16 +193,16 @@ def test_presence_holds_when_a_users_tabs_are_on_different_workers(two_workers, 
             busclient.barrier(ws)
         for ws in others:
             ws.close()                  # the extra tabs of one worker go before the test begins
-        assert im_statuses(watcher, 5020, 1) == ["online"]
+        assert busclient.im_statuses(watcher, 5020, 1) == ["online"]
         first, second = tabs.values()
         first.close()       # the user's last tab on that worker, not the last tab of the user
-        assert im_statuses(watcher, 5020, 2) == ["offline", "online"]
+        assert busclient.im_statuses(watcher, 5020, 2) == ["offline", "online"]
         with module_conn.cursor() as cur:
             cur.execute("SELECT status FROM rtbus_presence WHERE user_id = 502")
             assert cur.fetchone() == ("online",)
         module_conn.rollback()
         second.close()      # now the user's very last tab
-        assert im_statuses(watcher, 5020, 1) == ["offline"]
+        assert busclient.im_statuses(watcher, 5020, 1) == ["offline"]
     finally:
         for ws in [*tabs.values(), *others, watcher]:
             ws.close()
