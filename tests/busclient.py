@@ -210,3 +210,25 @@ def im_statuses(ws, partner_id: int, count: int, timeout: float = 10.0) -> list[
             if message["type"] == "bus.bus/im_status_updated" and message["payload"]["partner_id"] == partner_id:
                 found.append(message["payload"]["im_status"])
     return found
+
+
+def check_presence_across_processes(watcher, tabs, conn, user_id: int, partner_id: int) -> None:
+    """One user's two tabs, served by two processes: closing the first leaves the user online.
+
+    The process losing its last tab of the user writes offline; the other, still
+    holding a tab, hears the NOTIFY and writes online back (the watcher sees both). `watcher`
+    listens to the partner's presence channel; `conn` reads rtbus_presence.
+    """
+    for ws in tabs:
+        send_event(ws, "update_presence", {"inactivity_period": 0})
+        barrier(ws)
+    assert im_statuses(watcher, partner_id, 1) == ["online"]
+    first, second = tabs
+    first.close()           # the user's last tab in that process, not the user's last tab
+    assert im_statuses(watcher, partner_id, 2) == ["offline", "online"]
+    with conn.cursor() as cur:
+        cur.execute("SELECT status FROM rtbus_presence WHERE user_id = %s", (user_id,))
+        assert cur.fetchone() == ("online",)
+    conn.rollback()
+    second.close()          # now the user's very last tab
+    assert im_statuses(watcher, partner_id, 1) == ["offline"]

@@ -188,21 +188,9 @@ def test_presence_holds_when_a_users_tabs_are_on_different_workers(two_workers, 
                 others.append(ws)
             else:
                 tabs[pid] = ws
-        for ws in tabs.values():
-            busclient.send_event(ws, "update_presence", {"inactivity_period": 0})
-            busclient.barrier(ws)
         for ws in others:
             ws.close()                  # the extra tabs of one worker go before the test begins
-        assert busclient.im_statuses(watcher, 5020, 1) == ["online"]
-        first, second = tabs.values()
-        first.close()       # the user's last tab on that worker, not the last tab of the user
-        assert busclient.im_statuses(watcher, 5020, 2) == ["offline", "online"]
-        with module_conn.cursor() as cur:
-            cur.execute("SELECT status FROM rtbus_presence WHERE user_id = 502")
-            assert cur.fetchone() == ("online",)
-        module_conn.rollback()
-        second.close()      # now the user's very last tab
-        assert busclient.im_statuses(watcher, 5020, 1) == ["offline"]
+        busclient.check_presence_across_processes(watcher, list(tabs.values()), module_conn, 502, 5020)
     finally:
         for ws in [*tabs.values(), *others, watcher]:
             ws.close()
