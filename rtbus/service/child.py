@@ -1,20 +1,32 @@
-"""The skeleton every child of the master shares: becoming a child after the fork, signals
-dispatched to ``handle_<signal>`` methods, and one small loop (limits, heartbeat, snapshot, work).
+"""The skeleton every rtbus process but the master shares: signals dispatched to
+``handle_<signal>`` methods, the limit checks, the heartbeat, the snapshot, and one stop
+protocol (the first TERM or INT graceful, a second one fast, QUIT fast), run by a loop
+style chosen per class.
+
+One hierarchy::
+
+    ChildProcess                 (this module; the loop style is `SelectLoop` by default)
+     ├─ HttpWorker               rtbus.service.http_worker   forked, a request per tick
+     ├─ CronWorker               rtbus.service.cron_worker   forked, the due jobs per tick
+     └─ EventedProcess           rtbus.service.gevent_process  fork + exec, greenlets (`GreenletLoop`)
+         └─ SingleProcess        ``--workers 0``: no master, no heartbeat, cron in-process
+
+A subclass names its `kind` (its row in `rtbus.service.kinds`, whose memory settings
+are its limits), its `title` and `name`, extends `SIGNALS` with the signals it handles
+(each through a ``handle_<name>`` method), and implements `setup` and `teardown` (called only once setup succeeded); a
+`SelectLoop` child also implements `tick` (wait at most BEAT, then do one unit of work),
+and any child may implement `wind_down` (the graceful part of a stop, after the loop).
+`limit_reached` adds the kind's own reasons to exit.
 
 `become_child` runs in the freshly forked process: it drops what belongs to the master
 (signal handlers, the wake-up pipe, the other children's heartbeat pipes, the sockets
-this kind does not serve) and runs the kind's loop, or execs the evented process. It
-never returns: the exit code of the loop is the process's.
-
-`ChildProcess` is the forked workers' base (HTTP and cron workers): a subclass names
-its `title`, extends `SIGNALS` with the signals it handles (each through a
-``handle_<name>`` method, called from the signal handler: they only flip flags or
-raise), and implements `setup`, `tick` (wait at most BEAT, then do one unit of work)
-and `teardown`; `limit_reached` adds the kind's own reasons to exit.
+this kind does not serve) and runs the kind's class, or execs the evented process. It
+never returns: the exit code of `run()` is the process's.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import select
@@ -29,70 +41,44 @@ _logger = logging.getLogger(__name__)
 MASTER_SIGNALS = (signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU, signal.SIGQUIT)
 
 
-class ChildProcess:
-    """One forked worker's life; `run()` returns the exit code."""
+class SelectLoop:
+    """The forked workers' loop style: plain signal handlers and a loop of short ticks.
 
-    title = "rtbus: child"      # in ps
-    name = "child"              # in the log
-    SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
-    BEAT = 1.0     # longest wait of one tick, so the heartbeat keeps coming
+    Signal handlers run between two bytecodes of whatever the worker is doing, so they
+    only flip flags (or raise, for a fast stop); the wake-up fd cuts a tick's wait short.
+    """
 
-    def __init__(self, config, heartbeat: HeartbeatWriter, master_pid: int):
-        self.config = config
-        self.heartbeat = heartbeat
-        self.master_pid = master_pid
-        self.alive = True
-        self.snapshots = None       # a SnapshotWriter, set by setup() when there is a runtime dir
+    def __init__(self):
         self._wake_r, self._wake_w = os.pipe()
 
-    # -- signals ---------------------------------------------------------
-    def install_signals(self) -> None:
+    def install_signals(self, child: ChildProcess) -> None:
         process.reset_signal_handlers(*MASTER_SIGNALS)
-        for signum in self.SIGNALS:
-            signal.signal(signum, self._on_signal)
+        for signum in child.SIGNALS:
+            signal.signal(signum, lambda signum, frame: child.dispatch_signal(signum))
         os.set_blocking(self._wake_w, False)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
-    def _on_signal(self, signum, frame) -> None:
-        getattr(self, "handle_" + signal.Signals(signum).name[3:].lower())()
+    def on_stop(self, child: ChildProcess, why: str, fast: bool) -> None:
+        # In a signal handler: no logging (its lock may be held by the frame we interrupted).
+        if fast:
+            raise SystemExit(process.EXIT_OK)   # unwinds through teardown
 
-    def handle_term(self) -> None:
-        """Graceful: finish the unit of work in progress, then leave the loop."""
-        self.alive = False
+    def run(self, child: ChildProcess) -> None:
+        while child.alive:
+            reason = child.limit_reached()
+            if reason:
+                _logger.info("%s %d exits: %s", child.name, os.getpid(), reason)
+                child.stop(reason)
+                break
+            if child.heartbeat is not None:
+                child.heartbeat.beat()
+            if child.snapshots is not None:
+                child.snapshots.maybe_write()
+            child.tick()
+        child.wind_down()
 
-    def handle_int(self) -> None:
-        self.handle_term()
-
-    # -- the loop --------------------------------------------------------
-    def limit_reached(self) -> str | None:
-        """Why this child must exit now, or None."""
-        if os.getppid() != self.master_pid:
-            return "the master process is gone"
-        return None
-
-    def run(self) -> int:
-        process.set_title(self.title)
-        self.install_signals()
-        self.setup()
-        try:
-            while self.alive:
-                reason = self.limit_reached()
-                if reason:
-                    _logger.info("%s %d exits: %s", self.name, os.getpid(), reason)
-                    break
-                self.heartbeat.beat()
-                if self.snapshots is not None:
-                    self.snapshots.maybe_write()
-                self.tick()
-        finally:
-            if self.snapshots is not None:
-                self.snapshots.remove()
-            self.teardown()
-        return process.EXIT_OK
-
-    def wait_readable(self, fds: list, timeout: float) -> list:
-        """Wait up to `timeout` for `fds` (or a signal); return the readable ones among `fds`."""
-        if timeout <= 0 or not self.alive:
+    def wait_readable(self, child: ChildProcess, fds: list, timeout: float) -> list:
+        if timeout <= 0 or not child.alive:
             return []
         try:
             readable, _, _ = select.select([*fds, self._wake_r], [], [], timeout)
@@ -105,14 +91,91 @@ class ChildProcess:
                 pass
         return [fd for fd in readable if fd is not self._wake_r]
 
+
+class ChildProcess:
+    """One process's life under the skeleton; `run()` returns the exit code."""
+
+    kind = "http"               # its row in rtbus.service.kinds.KINDS (its limits)
+    title = "rtbus: child"      # in ps
+    name = "child"              # in the log
+    SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+    BEAT = 1.0                  # seconds between heartbeats (and longest wait of one tick)
+    loop_style = SelectLoop
+
+    def __init__(self, config, heartbeat: HeartbeatWriter | None, master_pid: int | None,
+                 listener=None):
+        self.config = config
+        self.listener = listener        # the listening socket it serves, if any
+        self.heartbeat = heartbeat      # None: nobody watches (single mode)
+        self.master_pid = master_pid    # None: no master to outlive
+        self.alive = True               # False once a stop was asked
+        self.fast = False               # the stop drops what is in progress
+        self.snapshots = None           # a SnapshotWriter, set by setup() when there is a runtime dir
+        self.loop = self.loop_style()
+
+    # -- signals and the stop protocol -----------------------------------
+    def dispatch_signal(self, signum: int) -> None:
+        getattr(self, "handle_" + signal.Signals(signum).name[3:].lower())()
+
+    def handle_term(self) -> None:
+        """Graceful: finish what is in progress, then leave; a second one is fast."""
+        self.stop("SIGTERM")
+
+    def handle_int(self) -> None:
+        self.stop("SIGINT")
+
+    def handle_quit(self) -> None:
+        """Fast: drop what is in progress and leave."""
+        self.stop("SIGQUIT", fast=True)
+
+    def stop(self, why: str, *, fast: bool = False) -> None:
+        """Ask this process to stop, gracefully unless `fast` or a stop was asked already."""
+        if not self.alive and not fast:
+            why, fast = f"second {why}", True
+        self.alive = False
+        self.fast = self.fast or fast
+        self.loop.on_stop(self, why, fast)
+
+    # -- limits ----------------------------------------------------------
+    def limit_reached(self) -> str | None:
+        """Why this process must exit now (master gone, soft memory limit), or None."""
+        if self.master_pid is not None and os.getppid() != self.master_pid:
+            return "the master process is gone"
+        setting = KINDS[self.kind].memory_soft
+        soft = self.config.effective(setting) if setting else None
+        if soft:
+            vms = process.virtual_memory()
+            if vms > soft:
+                return f"{setting} reached ({vms} > {soft} bytes)"
+        return None
+
+    # -- the life --------------------------------------------------------
+    def run(self) -> int:
+        process.set_title(self.title)
+        process.set_memory_hard_limit(self.config.effective(KINDS[self.kind].memory_hard))
+        self.loop.install_signals(self)
+        self.setup()
+        try:
+            self.loop.run(self)
+        finally:
+            self.teardown()
+        return process.EXIT_OK
+
+    def wait_readable(self, fds: list, timeout: float) -> list:
+        """Wait up to `timeout` for `fds` (or a signal); return the readable ones among `fds`."""
+        return self.loop.wait_readable(self, fds, timeout)
+
     def setup(self) -> None:
         raise NotImplementedError
 
     def tick(self) -> None:
         raise NotImplementedError
 
+    def wind_down(self) -> None:
+        """The graceful part of a stop, once the loop is left (skipped bits when `fast`)."""
+
     def teardown(self) -> None:
-        pass
+        """Release what `setup` built (called only when setup succeeded: a failing one cleans up)."""
 
 
 def become_child(master, kind: str, slot: int, hb_w: int, cfg_r: int, listener) -> None:
@@ -127,20 +190,17 @@ def become_child(master, kind: str, slot: int, hb_w: int, cfg_r: int, listener) 
         process.reset_signal_handlers(signal.SIGINT, signal.SIGTERM, *MASTER_SIGNALS)
         master.close_in_child()
         master_pid = os.getppid()
-        if kind == "gevent":
+        if KINDS[kind].execs:
             master.http_socket.close()
             process.exec_evented("gevent", {"listen": listener.fileno(), "heartbeat": hb_w,
                                             "config": cfg_r}, worker=slot)
-        heartbeat = HeartbeatWriter(hb_w)
-        if kind == "http":
-            from rtbus.service.http_worker import HttpWorker
-            master.gevent_socket.close()
-            code = HttpWorker(master.config, master.http_socket, heartbeat, master_pid).run()
-        else:
-            from rtbus.service.cron_worker import CronWorker
-            master.http_socket.close()
-            master.gevent_socket.close()
-            code = CronWorker(master.config, heartbeat, master_pid).run()
+        module, _, name = KINDS[kind].runs.partition(":")
+        worker_class = getattr(importlib.import_module(module), name)
+        serves = master.http_socket if kind == "http" else None
+        for sock in (master.http_socket, master.gevent_socket):
+            if sock is not serves:
+                sock.close()
+        code = worker_class(master.config, HeartbeatWriter(hb_w), master_pid, serves).run()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else process.EXIT_WORKER_FATAL
     except BaseException:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import time
 
-from rtbus.service import process
 from rtbus.service.child import ChildProcess
 
 
 class CronWorker(ChildProcess):
     """One cron worker process: each tick runs the due jobs or waits. `run()` returns the exit code."""
 
+    kind = "cron"
     title = "rtbus: cron"
     name = "cron worker"
 
@@ -19,7 +19,6 @@ class CronWorker(ChildProcess):
         from rtbus.service.services import build
 
         os.nice(10)
-        process.set_memory_hard_limit(self.config.limit_memory_hard)
         self.services = build(self.config, "cron")
         self.runner = self.services.cron
         self.snapshots = self.services.snapshots

@@ -1,25 +1,25 @@
-"""The evented process: websockets and long-polls on gevent.
+"""The evented process: websockets and long-polls on gevent, on the child skeleton.
 
-Two modes, one code path:
+Two classes, one code path (`rtbus.service.child` has the hierarchy):
 
-- ``gevent``: the longpolling process under the prefork master. It inherits the
+- `EventedProcess`, a gevent worker under the prefork master. It inherits the
   listening socket, its heartbeat pipe and its configuration (as JSON, over a
   pipe, so no secret shows in its environment or command line).
-- ``single``: ``--workers 0``. The one process serves every route on
+- `SingleProcess`, ``--workers 0``. The one process serves every route on
   ``http_port``, runs the cron jobs in a greenlet and owns the database
-  bootstrap (including an embedded cluster).
+  bootstrap (including an embedded cluster). No master, so no heartbeat.
 
-On SIGTERM/SIGINT it stops accepting, runs its stop hooks (the websocket layer
-closes its connections with 1001 in batches there), waits up to
-``graceful_timeout`` for requests in flight, and exits 0: the master never has
-to SIGKILL it. A second signal stops at once.
+Both run `GreenletLoop`: the skeleton's heartbeat, limit checks and snapshot as
+greenlets on the hub, signals through gevent's handlers. On SIGTERM/SIGINT the process
+stops accepting, runs its stop hooks (the websocket layer closes its connections with
+1001 in batches there), waits up to ``graceful_timeout`` for requests in flight, and
+exits 0: the master never has to SIGKILL it. A second signal, or SIGQUIT, stops at once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 
@@ -30,52 +30,164 @@ from rtbus.config import Config
 from rtbus.errors import ConfigError, StartupError
 from rtbus.log import log_notes, setup_logging
 from rtbus.service import process
+from rtbus.service.child import ChildProcess
 from rtbus.service.heartbeat import HeartbeatWriter
 
 _logger = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL = 1.0   # the master's watchdog counts from the last one
-WATCHDOG_INTERVAL = 2.0    # memory and parent checks
+LIMITS_INTERVAL = 2.0    # seconds between two looks at the master and the memory
 
 
-class EventedServer:
-    """One evented process; `run()` blocks until it stops and returns the exit code."""
+class GreenletLoop:
+    """The evented loop style: the skeleton's chores as greenlets, the hub never blocked.
 
-    def __init__(self, config, *, mode: str, listener=None, heartbeat: HeartbeatWriter | None = None,
-                 master_pid: int | None = None, worker: int = 0):
-        if mode not in ("gevent", "single"):
-            raise ValueError(f"unknown mode {mode!r}")
-        self.config = config
-        self.mode = mode
-        self.listener = listener
-        self.heartbeat = heartbeat
-        self.master_pid = master_pid
+    Signal handlers go through gevent (they run as callbacks on the hub, so they may log
+    and touch the server); the process's main greenlet waits for the stop event, then
+    winds the child down.
+    """
+
+    def __init__(self):
+        self.stopping = gevent.event.Event()
+
+    def install_signals(self, child: ChildProcess) -> None:
+        for signum in child.SIGNALS:
+            gevent.signal_handler(signum, child.dispatch_signal, signum)
+
+    def on_stop(self, child: ChildProcess, why: str, fast: bool) -> None:
+        _logger.info("%s: stopping %s", why, "fast" if fast else "gracefully")
+        self.stopping.set()
+        if fast:
+            child.drop_in_flight()
+
+    def run(self, child: ChildProcess) -> None:
+        if child.heartbeat is not None:
+            # On the event loop it vouches for: a loop blocked by busy work stops these
+            # beats, and the master (another process) notices.
+            gevent.spawn(self._every, child.BEAT, child.heartbeat.beat)
+        gevent.spawn(self._every, LIMITS_INTERVAL, lambda: self._check_limits(child), first=LIMITS_INTERVAL)
+        if child.snapshots is not None:
+            gevent.spawn(self._every, child.snapshots.interval, child.snapshots.write)
+        for chore in child.chores():
+            gevent.spawn(chore, self.stopping)
+        self.stopping.wait()
+        child.wind_down()
+
+    def _every(self, interval: float, action, *, first: float = 0.0) -> None:
+        if self.stopping.wait(timeout=first):
+            return
+        while not self.stopping.is_set():
+            action()
+            self.stopping.wait(timeout=interval)
+
+    def _check_limits(self, child: ChildProcess) -> None:
+        reason = child.limit_reached()
+        if reason:
+            child.stop(reason)
+
+
+class EventedProcess(ChildProcess):
+    """One gevent worker; `run()` blocks until it stops and returns the exit code."""
+
+    kind = "gevent"
+    name = "gevent process"
+    role = "gevent"          # the Services it builds
+    loop_style = GreenletLoop
+
+    def __init__(self, config, heartbeat: HeartbeatWriter | None, master_pid: int | None,
+                 listener=None, *, worker: int = 0):
+        super().__init__(config, heartbeat, master_pid, listener)
         self.worker = worker            # its number among the gevent workers (metrics label)
         self.stop_hooks: list = []      # callables run first on a graceful stop
-        self._stopping = gevent.event.Event()
-        self._fast = False
-        self._database = None
-        self._runtime_dir: str | None = None   # claimed by single mode, released at its stop
         self.services = None    # rtbus.service.services.Services, built at start
         self.app = None
         self.server = None      # the EdgeServer on the listening socket
 
-    # -- lifecycle -------------------------------------------------------
-    def run(self) -> int:
-        config = self.config
-        process.set_title(f"rtbus: gevent {self.worker}" if self.mode == "gevent" else "rtbus: single")
+    @property
+    def title(self) -> str:
+        return f"rtbus: gevent {self.worker}"
+
+    def setup(self) -> None:
+        from rtbus.http.app import Application
+        from rtbus.metrics import collect
+        from rtbus.service.services import build
+        from rtbus.websocket.edge import EdgeLimits
+        from rtbus.websocket.pywsgi_edge import EdgeServer
+
         process.raise_open_files_limit()
-        process.set_memory_hard_limit(config.effective("limit_memory_hard_gevent"))
-        if self.mode == "single":
-            self._bootstrap()
+        config = self.config
+        self.services = build(config, self.role, extra_figures=lambda: collect.edge_figures(self.server),
+                              snapshot_extra=self.snapshot_extra())
+        self.snapshots = self.services.snapshots
+        self.app = Application(self.services)
+        if not self.services.dispatcher.start(wait=10.0):
+            _logger.warning("LISTEN imbus is not up yet; the dispatcher keeps retrying in the background")
+        # Held long-polls first: they answer at once, websockets close in batches.
+        self.stop_hooks.append(self.services.longpolls.close_all)
+        self.stop_hooks.append(self.services.hub.close_all)
+        self.server = EdgeServer(
+            self.listener, self.app, limits=EdgeLimits.from_config(config),
+            log=logging.getLogger("rtbus.http.access"),
+            error_log=logging.getLogger("rtbus.http.error"),
+        )
+        self.server.start()
+        self.announce(*self.listener.getsockname()[:2])
+
+    def snapshot_extra(self):
+        return lambda: {"worker": self.worker}
+
+    def announce(self, host: str, port: int) -> None:
+        _logger.info("evented service (longpolling) running on %s:%d (gevent worker %d, pid %d)",
+                     host, port, self.worker, os.getpid())
+
+    def chores(self) -> list:
+        """Greenlets of this kind besides the skeleton's: callables taking the stop event."""
+        return []
+
+    def drop_in_flight(self) -> None:
+        if self.server is not None:
+            self.server.pool.kill(block=False)
+
+    def wind_down(self) -> None:
+        server = self.server
+        server.close()   # stop accepting; connections in flight go on
+        for hook in self.stop_hooks:
+            if self.fast:
+                break
+            try:
+                hook()
+            except Exception:
+                _logger.exception("error in a stop hook")
+        timeout = 0 if self.fast else self.config.graceful_timeout
+        active = len(server.pool)
+        if active:
+            _logger.info("waiting up to %.0f s for %d connections", timeout, active)
+        server.stop(timeout=timeout)
+
+    def teardown(self) -> None:
+        self.services.close()
+        _logger.info("evented process %d stopped", os.getpid())
+
+
+class SingleProcess(EventedProcess):
+    """``--workers 0``: the one process, every route, cron in a greenlet, its own database."""
+
+    title = "rtbus: single"
+    name = "single process"
+    role = "single"
+
+    def __init__(self, config):
+        super().__init__(config, None, None)
+        self._database = None
+        self._runtime_dir: str | None = None   # claimed at setup, released at teardown
+        self._runtime_default = False
+
+    def setup(self) -> None:
+        self._bootstrap()
         try:
-            self._start()
-            self._stopping.wait()
-            self._stop()
-        finally:
-            if self._database is not None:
-                self._database.close()
-        return process.EXIT_OK
+            super().setup()
+        except BaseException:
+            self._release()
+            raise
 
     def _bootstrap(self) -> None:
         from rtbus.service import runtime
@@ -95,110 +207,34 @@ class EventedServer:
         self._runtime_default = not self.config.runtime_dir
         self.config = self.config.replace(runtime_dir=self._runtime_dir)
 
-    def _start(self) -> None:
-        from rtbus.http.app import Application
-        from rtbus.metrics import collect
-        from rtbus.service.services import build
-        from rtbus.websocket.edge import EdgeLimits
-        from rtbus.websocket.pywsgi_edge import EdgeServer
+    def snapshot_extra(self):
+        return None
 
-        config = self.config
-        extra = (lambda: {"worker": self.worker}) if self.mode == "gevent" else None
-        self.services = build(config, self.mode, extra_figures=lambda: collect.edge_figures(self.server),
-                              snapshot_extra=extra)
-        self.app = Application(self.services)
-        if not self.services.dispatcher.start(wait=10.0):
-            _logger.warning("LISTEN imbus is not up yet; the dispatcher keeps retrying in the background")
-        # Held long-polls first: they answer at once, websockets close in batches.
-        self.stop_hooks.append(self.services.longpolls.close_all)
-        self.stop_hooks.append(self.services.hub.close_all)
-        self.server = EdgeServer(
-            self.listener, self.app, limits=EdgeLimits.from_config(config),
-            log=logging.getLogger("rtbus.http.access"),
-            error_log=logging.getLogger("rtbus.http.error"),
-        )
-        self.server.start()
-        host, port = self.listener.getsockname()[:2]
-        if self.mode == "gevent":
-            _logger.info("evented service (longpolling) running on %s:%d (gevent worker %d, pid %d)",
-                         host, port, self.worker, os.getpid())
-            gevent.spawn(self._heartbeat_loop)
-        else:
-            _logger.info("rtbus single process %d serving every route on %s:%d", os.getpid(), host, port)
-            gevent.spawn(self._cron_loop)
-        gevent.spawn(self._watchdog_loop)
-        if self.services.snapshots is not None:
-            gevent.spawn(self._snapshot_loop)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            gevent.signal_handler(signum, self.request_stop, signal.Signals(signum).name)
-        gevent.signal_handler(signal.SIGQUIT, self._stop_now, "SIGQUIT")
+    def announce(self, host: str, port: int) -> None:
+        _logger.info("rtbus single process %d serving every route on %s:%d", os.getpid(), host, port)
 
-    def request_stop(self, why: str) -> None:
-        """Begin a graceful stop; a second request makes it fast."""
-        if self._stopping.is_set():
-            self._stop_now(f"second {why}")
-            return
-        _logger.info("%s: stopping gracefully", why)
-        self._stopping.set()
+    def chores(self) -> list:
+        return [self._cron_loop]
 
-    def _stop_now(self, why: str) -> None:
-        _logger.info("%s: stopping fast", why)
-        self._fast = True
-        self._stopping.set()
-        if self.server is not None:
-            self.server.pool.kill(block=False)
-
-    def _stop(self) -> None:
-        server = self.server
-        server.close()   # stop accepting; connections in flight go on
-        for hook in self.stop_hooks:
-            if self._fast:
-                break
-            try:
-                hook()
-            except Exception:
-                _logger.exception("error in a stop hook")
-        timeout = 0 if self._fast else self.config.graceful_timeout
-        active = len(server.pool)
-        if active:
-            _logger.info("waiting up to %.0f s for %d connections", timeout, active)
-        server.stop(timeout=timeout)
-        self.services.close()
-        if self._runtime_dir is not None:
-            from rtbus.service import runtime
-            runtime.release(self._runtime_dir, remove_dir=self._runtime_default)
-        _logger.info("evented process %d stopped", os.getpid())
-
-    # -- background greenlets --------------------------------------------
-    def _heartbeat_loop(self) -> None:
-        # Runs on the event loop it vouches for: a loop blocked by busy work
-        # stops these beats, and the master (another process) notices.
-        while not self._stopping.is_set():
-            self.heartbeat.beat()
-            gevent.sleep(HEARTBEAT_INTERVAL)
-
-    def _snapshot_loop(self) -> None:
-        writer = self.services.snapshots
-        while not self._stopping.is_set():
-            writer.write()
-            self._stopping.wait(timeout=writer.interval)
-
-    def _watchdog_loop(self) -> None:
-        soft = self.config.effective("limit_memory_soft_gevent")
-        while not self._stopping.is_set():
-            gevent.sleep(WATCHDOG_INTERVAL)
-            if self.master_pid is not None and os.getppid() != self.master_pid:
-                self.request_stop("the master process is gone")
-            elif soft and process.virtual_memory() > soft:
-                self.request_stop(f"limit_memory_soft_gevent reached ({process.virtual_memory()} > {soft} bytes)")
-
-    def _cron_loop(self) -> None:
+    def _cron_loop(self, stopping: gevent.event.Event) -> None:
         runner = self.services.cron
         if runner is None:
             return
-        while not self._stopping.is_set():
-            wait = runner.run_pending()
-            self._stopping.wait(timeout=wait)
+        while not stopping.is_set():
+            stopping.wait(timeout=runner.run_pending())
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._runtime_dir is not None:
+            from rtbus.service import runtime
+            runtime.release(self._runtime_dir, remove_dir=self._runtime_default)
+            self._runtime_dir = None
+        self._database.close()
 
 
 def _child_fds() -> dict[str, int]:
@@ -238,13 +274,12 @@ def main(argv: list[str]) -> int:
     make_psycopg_green()
     if mode == "single":
         log_notes(_logger, config.notes)
-        server = EventedServer(config, mode="single")
+        server = SingleProcess(config)
     else:
         listener = socket.socket(fileno=fds["listen"])
         listener.setblocking(False)
-        server = EventedServer(config, mode="gevent", listener=listener,
-                               heartbeat=HeartbeatWriter(fds["heartbeat"]), master_pid=os.getppid(),
-                               worker=worker)
+        server = EventedProcess(config, HeartbeatWriter(fds["heartbeat"]), os.getppid(), listener,
+                                worker=worker)
     try:
         return server.run()
     except StartupError as exc:

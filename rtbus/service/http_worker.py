@@ -74,13 +74,13 @@ class _Reporting:
 class HttpWorker(ChildProcess):
     """One HTTP worker process: a request per tick. `run()` returns the exit code."""
 
+    kind = "http"
     title = "rtbus: http worker"
     name = "http worker"
     SIGNALS = (*ChildProcess.SIGNALS, signal.SIGXCPU)
 
-    def __init__(self, config, listener: socket.socket, heartbeat: HeartbeatWriter, master_pid: int):
-        super().__init__(config, heartbeat, master_pid)
-        self.listener = listener
+    def __init__(self, config, heartbeat: HeartbeatWriter, master_pid: int, listener: socket.socket):
+        super().__init__(config, heartbeat, master_pid, listener)
         self.requests = 0
         self._reporting: _Reporting | None = None
 
@@ -89,22 +89,16 @@ class HttpWorker(ChildProcess):
         raise CpuTimeExceeded(f"CPU time limit exceeded ({self.config.limit_time_cpu} s)")
 
     def limit_reached(self) -> str | None:
-        config = self.config
-        reason = super().limit_reached()
-        if reason is None and config.limit_request and self.requests >= config.limit_request:
-            reason = f"limit_request reached ({self.requests} requests)"
-        if reason is None and config.limit_memory_soft:
-            vms = process.virtual_memory()
-            if vms > config.limit_memory_soft:
-                reason = f"limit_memory_soft reached ({vms} > {config.limit_memory_soft} bytes)"
-        return reason
+        limit = self.config.limit_request
+        if limit and self.requests >= limit:
+            return f"limit_request reached ({self.requests} requests)"
+        return super().limit_reached()
 
     def setup(self) -> None:
         from rtbus.http.app import Application
         from rtbus.service.services import build
 
         config = self.config
-        process.set_memory_hard_limit(config.limit_memory_hard)
         self.services = build(config, "http",
                               extra_figures=lambda: {"rtbus_http_requests_total": self.requests})
         self.app = Application(self.services)

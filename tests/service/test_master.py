@@ -107,6 +107,31 @@ def test_blocked_gevent_loop_is_detected_and_replaced(shared_server):
     wait_until(lambda: health_ok(shared_server.longpolling_port), 5, message="longpolling health")
 
 
+def test_sigquit_stops_any_child_fast_and_it_is_respawned(shared_server):
+    # One stop protocol for every kind (rtbus.service.child): QUIT drops what is in
+    # progress and exits 0; the master, which did not ask, respawns the child.
+    wait_until(lambda: len(shared_server.children()) == 4, 10, message="4 children")
+    victims = {title: shared_server.children_titled(title)[0] for title in (HTTP, CRON, GEVENT)}
+    for pid in victims.values():
+        os.kill(pid, signal.SIGQUIT)
+    for title, pid in victims.items():
+        name = {HTTP: "http worker", CRON: "cron worker", GEVENT: "gevent process"}[title]
+        shared_server.wait_log(rf"{name} {pid} exited \(exit status 0\); respawning")
+    shared_server.wait_log(r"SIGQUIT: stopping fast")
+    wait_until(lambda: len(shared_server.children()) == 4 and not set(victims.values()) & set(shared_server.children()),
+               10, message="the three replaced")
+    wait_until(lambda: health_ok(shared_server.longpolling_port), 5, message="longpolling health")
+
+
+def test_gevent_process_past_its_soft_memory_limit_is_recycled(start_server):
+    server = start_server("--workers=1", "--max-cron-threads=0", "--limit-memory-soft-gevent=64M")
+    (first,) = server.children_titled(GEVENT)
+    server.wait_log(r"limit_memory_soft_gevent reached \(\d+ > 67108864 bytes\): stopping gracefully")
+    server.wait_log(rf"gevent process {first} exited \(exit status 0\); respawning")
+    wait_until(lambda: [p for p in server.children_titled(GEVENT) if p != first], 10,
+               message="a fresh gevent process")
+
+
 def test_stuck_http_worker_is_killed_after_limit_time_real(start_server):
     server = start_server("--workers=1", "--max-cron-threads=0", "--limit-time-real=2")
     (victim,) = server.children_titled(HTTP)
