@@ -11,9 +11,19 @@ With more, and a kernel that has SO_REUSEPORT, the master only binds the port
 on it, so the kernel spreads connections and a worker that stops takes its socket
 away: new clients go to the others. Without SO_REUSEPORT they share one socket.
 
-Signal handlers only queue the signal and wake the loop; the loop handles
-them one by one, reaps children, kills the ones whose heartbeat stopped, and
-tops the population up:
+Signal handlers only queue the signal and wake the loop. The loop, in the
+style of gunicorn's arbiter, is a short named sequence:
+
+- handle the queued signals, one by one;
+- reap: collect the children that exited, decide whether to respawn them;
+- murder: SIGKILL the children whose heartbeat stopped for longer than their
+  kind allows or that overran graceful_timeout after being asked to stop, and
+  every child once a stop overran its deadline;
+- manage: let the next queued evented child drain, retire surplus HTTP
+  workers, spawn the missing children (not while stopping);
+- write the status snapshot and sleep on the wake-up pipe and the heartbeats.
+
+The signals:
 
 - INT, TERM: graceful stop (children finish what they do, websockets get 1001;
   gevent workers one after the other); a second one stops fast (SIGKILL).
@@ -39,6 +49,7 @@ from rtbus.errors import ConfigError, StartupError
 from rtbus.log import setup_logging
 from rtbus.service import process
 from rtbus.service.child import become_child
+from rtbus.service.drain import DrainQueue
 from rtbus.service.heartbeat import HeartbeatReader
 from rtbus.service.kinds import KINDS, gevent_worker_count
 from rtbus.service.sockets import bind_listener, describe, reuseport_available
@@ -94,8 +105,7 @@ class Master:
         self.http_socket = None
         self.gevent_socket = None     # listening, or only bound when each worker has its own
         self.gevent_reuseport = False
-        self._drain_queue: collections.deque[int] = collections.deque()
-        self._draining: int | None = None
+        self._drain = DrainQueue()
         self.runtime_dir: str | None = None
         self._runtime_default = not config.runtime_dir
         self._snapshots = None
@@ -141,24 +151,35 @@ class Master:
             while True:
                 self._handle_signals()
                 self._reap()
-                self._drain_next()
-                if self._stop_deadline is not None:
-                    if not self.children:
-                        break
-                    self._kill_unresponsive()
-                    if time.monotonic() > self._stop_deadline:
-                        self._kill_all("the graceful stop took longer than graceful_timeout")
-                        self._stop_deadline = time.monotonic() + FAST_STOP_GRACE
-                else:
-                    self._kill_unresponsive()
-                    self._retire_surplus()
-                    self._spawn_missing()
+                if self.stopping and not self.children:
+                    break
+                self._murder()
+                self._manage()
                 self._write_snapshot()
                 self._sleep()
         finally:
             self._cleanup()
         _logger.info("master %d stopped", os.getpid())
         return self._exit_code
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_deadline is not None
+
+    def _murder(self) -> None:
+        """SIGKILL the unresponsive children, and all of them once a stop overran its deadline."""
+        self._kill_unresponsive()
+        if self.stopping and time.monotonic() > self._stop_deadline:
+            self._kill_all("the graceful stop took longer than graceful_timeout")
+            self._stop_deadline = time.monotonic() + FAST_STOP_GRACE
+
+    def _manage(self) -> None:
+        """Move the population toward the wanted one: the next drain; unless stopping,
+        surplus HTTP workers retired and missing children spawned."""
+        self._drain_next()
+        if not self.stopping:
+            self._retire_surplus()
+            self._spawn_missing()
 
     def _preload(self) -> None:
         # Import what the forked workers need once, here, so each fork starts warm.
@@ -184,7 +205,7 @@ class Master:
         return {"children": self.status(), "generation": self.generation,
                 "http": describe(self.http_socket) if self.http_socket else None,
                 "longpolling": describe(self.gevent_socket) if self.gevent_socket else None,
-                "workers_wanted": self.population, "stopping": self._stop_deadline is not None}
+                "workers_wanted": self.population, "stopping": self.stopping}
 
     def _write_snapshot(self) -> None:
         from rtbus.metrics import snapshots
@@ -236,18 +257,18 @@ class Master:
         while self._signals:
             signum = self._signals.popleft()
             if signum in (signal.SIGINT, signal.SIGTERM):
-                if self._stop_deadline is None:
+                if not self.stopping:
                     self.stop(graceful=True, why=signal.Signals(signum).name)
                 else:
                     self.stop(graceful=False, why=f"second {signal.Signals(signum).name}")
             elif signum == signal.SIGQUIT:
                 self.stop(graceful=False, why="SIGQUIT")
-            elif signum == signal.SIGHUP and self._stop_deadline is None:
+            elif signum == signal.SIGHUP and not self.stopping:
                 self.reload()
-            elif signum == signal.SIGTTIN and self._stop_deadline is None:
+            elif signum == signal.SIGTTIN and not self.stopping:
                 self.population += 1
                 _logger.info("SIGTTIN: %d HTTP workers wanted", self.population)
-            elif signum == signal.SIGTTOU and self._stop_deadline is None:
+            elif signum == signal.SIGTTOU and not self.stopping:
                 if self.population > 1:
                     self.population -= 1
                 _logger.info("SIGTTOU: %d HTTP workers wanted", self.population)
@@ -383,27 +404,17 @@ class Master:
         """Ask `children` to stop: at once, or (the evented kinds) queued to leave one by one."""
         for child in sorted(children, key=lambda c: c.spawned_at):
             if KINDS[child.kind].drains_one_at_a_time:
-                self._drain_queue.append(child.pid)
+                self._drain.add(child.pid)
             else:
                 self._ask_to_stop(child)
         self._drain_next()
 
     def _drain_next(self) -> None:
-        """Ask the next queued child to stop once the previous one is gone.
-
-        Its clients reconnect to the workers still running: one worker's share of
-        websockets at a time (closed in batches by the worker itself), never all.
-        """
-        while self._draining is None or self._draining not in self.children:
-            self._draining = None
-            if not self._drain_queue:
-                return
-            child = self.children.get(self._drain_queue.popleft())
-            if child is not None and child.killed_because is None:
-                self._draining = child.pid
-                _logger.info("draining %s %d (%d more queued)", child.title, child.pid,
-                             len(self._drain_queue))
-                self._ask_to_stop(child)
+        """Ask the next queued child to stop once the previous one is gone (`DrainQueue`)."""
+        child = self._drain.next_due(self.children)
+        if child is not None:
+            _logger.info("draining %s %d (%d more queued)", child.title, child.pid, len(self._drain))
+            self._ask_to_stop(child)
 
     def _ask_to_stop(self, child: Child) -> None:
         if child.stop_requested is None:
@@ -423,6 +434,7 @@ class Master:
             self._kill(child, reason)
 
     def _kill_unresponsive(self) -> None:
+        """SIGKILL the children silent past their kind's limit or slow to stop when asked."""
         now = time.monotonic()
         for child in list(self.children.values()):
             if child.killed_because is not None:
@@ -433,23 +445,26 @@ class Master:
                                     child.title, child.pid, self.config.graceful_timeout)
                     self._kill(child, "graceful_timeout exceeded", "graceful_timeout")
                 continue
-            limit = KINDS[child.kind].silence_limit(self.config)
-            state = child.heartbeat.state
-            silent = now - state.last_seen
-            if not limit or limit <= 0 or silent <= limit:
-                continue
-            if child.kind == "http" and state.request:
-                key = "limit_time_real"
-                reason = (f"limit_time_real ({limit:g} s) exceeded: serving {state.request} "
-                          f"for {now - (state.request_started or now):.1f} s")
-            elif child.kind == "gevent":
-                key = "gevent_watchdog_timeout"
-                reason = f"gevent_watchdog_timeout ({limit:g} s) exceeded: event loop blocked for {silent:.1f} s"
-            else:
-                key = KINDS[child.kind].silence_reason
-                reason = f"no heartbeat for {silent:.1f} s (limit {limit:g} s)"
-            _logger.error("%s %d killed: %s", child.title, child.pid, reason)
-            self._kill(child, reason, key)
+            verdict = self._silence_verdict(child, now)
+            if verdict is not None:
+                key, reason = verdict
+                _logger.error("%s %d killed: %s", child.title, child.pid, reason)
+                self._kill(child, reason, key)
+
+    def _silence_verdict(self, child: Child, now: float) -> tuple[str, str] | None:
+        """(restart reason, sentence for the log) when `child` has been silent too long, else None."""
+        limit = KINDS[child.kind].silence_limit(self.config)
+        state = child.heartbeat.state
+        silent = now - state.last_seen
+        if not limit or limit <= 0 or silent <= limit:
+            return None
+        if child.kind == "http" and state.request:
+            return "limit_time_real", (f"limit_time_real ({limit:g} s) exceeded: serving {state.request} "
+                                       f"for {now - (state.request_started or now):.1f} s")
+        if child.kind == "gevent":
+            return "gevent_watchdog_timeout", (f"gevent_watchdog_timeout ({limit:g} s) exceeded: "
+                                               f"event loop blocked for {silent:.1f} s")
+        return KINDS[child.kind].silence_reason, f"no heartbeat for {silent:.1f} s (limit {limit:g} s)"
 
     def _reap(self) -> None:
         while True:
@@ -470,7 +485,7 @@ class Master:
         code = os.waitstatus_to_exitcode(status)
         how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         expected = child.stop_requested is not None or child.killed_because is not None
-        if expected or self._stop_deadline is not None:
+        if expected or self.stopping:
             _logger.info("%s %d stopped (%s)", child.title, child.pid, how)
             return
         if code == process.EXIT_WORKER_FATAL:
