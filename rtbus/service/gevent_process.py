@@ -133,6 +133,7 @@ class EventedProcess(ChildProcess):
         self.announce(*self.listener.getsockname()[:2])
 
     def snapshot_extra(self):
+        """What this process adds to its status snapshot (a callable), or None."""
         return lambda: {"worker": self.worker}
 
     def announce(self, host: str, port: int) -> None:
