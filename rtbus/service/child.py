@@ -59,7 +59,7 @@ class SelectLoop:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
     def on_stop(self, child: ChildProcess, why: str, fast: bool) -> None:
-        # In a signal handler: no logging (its lock may be held by the frame we interrupted).
+        # Often in a signal handler: no logging (its lock may be held by the frame we interrupted).
         if fast:
             raise SystemExit(process.EXIT_OK)   # unwinds through teardown
 
@@ -95,7 +95,7 @@ class SelectLoop:
 class ChildProcess:
     """One process's life under the skeleton; `run()` returns the exit code."""
 
-    kind = "http"               # its row in rtbus.service.kinds.KINDS (its limits)
+    kind: str                   # its row in rtbus.service.kinds.KINDS (its limits), set by each subclass
     title = "rtbus: child"      # in ps
     name = "child"              # in the log
     SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -162,7 +162,10 @@ class ChildProcess:
         return process.EXIT_OK
 
     def wait_readable(self, fds: list, timeout: float) -> list:
-        """Wait up to `timeout` for `fds` (or a signal); return the readable ones among `fds`."""
+        """Wait up to `timeout` for `fds` (or a signal); return the readable ones among `fds`.
+
+        For the `SelectLoop` children's `tick`; an evented child waits on gevent instead.
+        """
         return self.loop.wait_readable(self, fds, timeout)
 
     def setup(self) -> None:
