@@ -174,13 +174,16 @@ def _nginx(directory: pathlib.Path, http_ports: list[int], longpolling_ports: li
     # The tests' 256 connections are far too few for a drill: two per proxied websocket.
     conf = conf.replace("events { worker_connections 256; }",
                         "worker_rlimit_nofile 65535;\nevents { worker_connections 30000; }")
-    # The sample's per-client limits (256 connections, 10 handshakes/s) are for browsers;
-    # here one address stands for every client.
-    conf = re.sub(r"\n\s*limit_(conn|req) (rtbus_per_client|zone=rtbus_handshakes)[^;]*;", "", conf)
     # One line per connection at `info` would be a cost of its own at 10,000 websockets.
     conf = conf.replace("worker_processes 1;", f"worker_processes {workers};").replace(" info;", " warn;")
     with open(proxy.conf, "w") as f:
         f.write(conf)
+    # The sample's per-client limits (256 connections, 10 handshakes/s) are for browsers;
+    # here one address stands for every client.
+    site_path = pathlib.Path(directory) / "rtbus-site.conf"
+    site = re.sub(r"\n\s*limit_(conn|req) (rtbus_per_client|zone=rtbus_handshakes)[^;]*;", "",
+                  site_path.read_text())
+    site_path.write_text(site)
     proxy.start()
     return proxy
 
@@ -201,7 +204,7 @@ def summary(label: str, report: dict) -> str:
                     else "?")
     p99 = latency.get("p99")
     parts = " ".join(f"{key} {value:.0f}%" for key, value in cpu.items())
-    connections = report.get("connections") or {}
+    connections = next((stage["connections"] for stage in report.get("stages", []) if stage.get("connections")), {})
     opened = f"{connections.get('websockets_open')}/{connections.get('websockets_attempted')} websockets; "
     return (f"{label}: {opened}{name} p50 {latency.get('p50')} ms p99 {p99 and round(p99, 1)} ms; "
             f"published {hold.get('publish_per_s')}/s (publish p50 "
