@@ -32,10 +32,65 @@ def main(argv: list[str] | None = None) -> int:
     if needed > limit:
         return _fail(f"{needed} open files needed but the limit is {limit}; raise `ulimit -n`",
                      EXIT_USAGE)
+    if options.comparison is not None:
+        return _compare(options)
+    report, code = _measure(options)
+    if report is None:
+        return code
+    from rtbus.bench.report import write
+    write(report, options.json)
+    return EXIT_OK if report["verdict"]["ok"] else EXIT_FAILED
+
+
+def _compare(options) -> int:
+    """Every run of --compare, alternated; one table (or one JSON document) for all."""
+    from rtbus.bench import compare
+    from rtbus.bench import report as reports
+
+    sides = compare.sides(options)
+    runs = []
+    for round_, side in compare.schedule(options.comparison.rounds):
+        label, side_options = sides[side]
+        if not options.quiet:
+            sys.stderr.write(f"rtbus-bench: {label} ({side_options.target}), run {round_}\n")
+        report, code = _measure(side_options)
+        if report is None:
+            return _fail(f"{label} ({side_options.target}) could not be measured", code)
+        runs.append((round_, side, report))
+    labels = (sides[0][0], sides[1][0])
+    comparison = compare.build(labels, runs)
+    if options.json:
+        reports.write({"comparison": comparison,
+                       "runs": [{"round": r, "server": labels[s], "report": report}
+                                for r, s, report in runs]}, True)
+    else:
+        sys.stdout.write(compare.render_text(comparison, _heading(options, sides, runs)) + "\n")
+    return EXIT_OK if comparison["verdict"]["ok"] else EXIT_FAILED
+
+
+def _heading(options, sides, runs) -> str:
+    workload = (f"{options.websockets} websockets, {options.longpolls} long-polls, "
+                f"{options.channels} channel(s), rate {options.rate or 'max'}/s, "
+                f"stages {','.join(options.stages)}")
+    measured = {side: report["server"] for _round, side, report in runs}
+    servers = []
+    for index, (label, side) in enumerate(sides):
+        server = measured.get(index)
+        cpu = (f"CPU of {server['title'][:40]!r} pid {server['pid']}" if server
+               else "no server CPU (no pid given)")
+        servers.append(f"{label}: {side.target} ({side.publish} publishing, {cpu})")
+    return f"rtbus-bench --compare: {workload}\n" + "; ".join(servers)
+
+
+def _measure(options) -> tuple[dict | None, int]:
+    """One drill against `options.target`: (its report, 0), or (None, exit status) after
+    saying on stderr why it could not start."""
+    from rtbus.bench import probe as probes
+
     try:
         server = probes.ServerProbe(options.server_pid) if options.server_pid else None
     except OSError as exc:
-        return _fail(f"--server-pid {options.server_pid}: {exc}", EXIT_USAGE)
+        return None, _fail(f"--server-pid {options.server_pid}: {exc}", EXIT_USAGE)
     backends_dsn = options.pg_stats_dsn or (options.dsn if options.publish in ("sql", "python") else None)
     if server is not None and backends_dsn is not None:
         try:
@@ -45,20 +100,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         publishing = _publishing(options)
     except Exception as exc:   # psycopg2 or socket errors: say which path and why
-        return _fail(f"cannot publish through {options.publish}: {str(exc).strip()}", EXIT_FAILED)
+        if server is not None:
+            server.close()
+        return None, _fail(f"cannot publish through {options.publish}: {str(exc).strip()}",
+                           EXIT_FAILED)
     try:
         base = publishing.one(channel=options.marker_channel)
         if base is None:
-            return _fail(f"the first publish through {options.publish} failed: "
-                         f"{dict(publishing.meter.errors)}", EXIT_FAILED)
-        report = _run(options, publishing, base, server)
+            return None, _fail(f"the first publish through {options.publish} failed: "
+                               f"{dict(publishing.meter.errors)}", EXIT_FAILED)
+        return _run(options, publishing, base, server), EXIT_OK
     finally:
         publishing.close()
         if server is not None:
             server.close()
-    from rtbus.bench.report import write
-    write(report, options.json)
-    return EXIT_OK if report["verdict"]["ok"] else EXIT_FAILED
 
 
 def _publishing(options):

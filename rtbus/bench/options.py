@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 
-from rtbus.bench import wire
+from rtbus.bench import compare, wire
 from rtbus.bench.publishers import PATHS
 
 STAGES = ("ramp", "hold", "spike", "storm")
@@ -70,6 +70,7 @@ class BenchOptions:
     max_seconds: float
     json: bool
     quiet: bool
+    comparison: compare.Comparison | None = None
 
     @property
     def channel_names(self) -> list[str]:
@@ -81,6 +82,26 @@ class BenchOptions:
     def marker_channel(self) -> str:
         """Where the bench publishes its own markers: a channel no client listens to."""
         return f"{self.channel_prefix}-marker"
+
+
+# The --compare flags (the second server); rtbus.bench.compare runs them.
+COMPARE_FLAGS = (
+    ("--compare", dict(metavar="KIND:URL", help=(
+        "run the same workload against a second server too and print one table: "
+        "nchan:http://HOST:PORT (Nchan: websockets on /websocket, POST /pub/<channel>) "
+        "or rtbus:http://HOST:PORT"))),
+    ("--compare-pid", dict(type=int, metavar="PID", help=(
+        "the second server's process for its CPU (an nginx master: its workers; an rtbus "
+        "master: its gevent children)"))),
+    ("--compare-dsn", dict(metavar="DSN", help=(
+        "rtbus:URL, sql and python publishing: its database (default --dsn)"))),
+    ("--compare-publish-url", dict(metavar="URL", help=(
+        "rtbus:URL, http publishing: its /bus/publish address (default --publish-url)"))),
+    ("--compare-rounds", dict(type=int, default=1, metavar="R", help=(
+        "runs per server, alternated (first, second, first, ...; default 1)"))),
+    ("--labels", dict(metavar="FIRST,SECOND", help=(
+        "the two servers' names in the table (default rtbus,nchan or rtbus,rtbus-2)"))),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     observe.add_argument("--server-log", metavar="PATH", help="count new PoolError lines in this log")
     observe.add_argument("--pg-stats-dsn", metavar="DSN",
                          help="read pg_stat_statements through this connection")
+    versus = p.add_argument_group("comparing with a second server")
+    for flag, settings in COMPARE_FLAGS:
+        versus.add_argument(flag, **settings)
     output = p.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="print the report as JSON")
     output.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
@@ -166,6 +190,7 @@ def parse(argv: list[str] | None = None) -> BenchOptions:
         raise UsageError(str(exc)) from None
     stages = DRILL_STAGES if args.drill else tuple(s.strip() for s in args.stages.split(",") if s.strip())
     _check(args, stages)
+    comparison = _comparison(args, stages)
     return BenchOptions(
         target=target, websockets=args.websockets, longpolls=args.longpolls,
         channels=args.channels, channel_prefix=args.channel_prefix, ramp_rate=args.ramp_rate,
@@ -178,8 +203,39 @@ def parse(argv: list[str] | None = None) -> BenchOptions:
         spike_notifications=args.spike_notifications, spike_rate=args.spike_rate,
         storm_seconds=args.storm_seconds, settle=args.settle, server_pid=args.server_pid,
         server_log=args.server_log, pg_stats_dsn=args.pg_stats_dsn,
-        max_seconds=args.max_seconds, json=args.json, quiet=args.quiet,
+        max_seconds=args.max_seconds, json=args.json, quiet=args.quiet, comparison=comparison,
     )
+
+
+def _comparison(args, stages: tuple[str, ...]) -> compare.Comparison | None:
+    extras = [flag for flag, value in (("--compare-pid", args.compare_pid),
+                                       ("--compare-dsn", args.compare_dsn),
+                                       ("--compare-publish-url", args.compare_publish_url),
+                                       ("--labels", args.labels)) if value is not None]
+    if args.compare is None:
+        if extras or args.compare_rounds != 1:
+            raise UsageError(f"{(extras or ['--compare-rounds'])[0]} needs --compare KIND:URL")
+        return None
+    try:
+        kind, target = compare.parse_spec(args.compare)
+        publish_target = (wire.Target.parse(args.compare_publish_url)
+                          if args.compare_publish_url else None)
+        if kind == "nchan":
+            compare.check_nchan(args.longpolls == 0, args.channels, stages, "--compare nchan")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if kind == "nchan" and (args.compare_dsn or args.compare_publish_url):
+        raise UsageError("--compare-dsn and --compare-publish-url are for --compare rtbus:URL; "
+                         "Nchan is published to on its own address")
+    if args.compare_rounds < 1:
+        raise UsageError("--compare-rounds must be 1 or more")
+    default_labels = "rtbus,rtbus-2" if kind == "rtbus" else f"rtbus,{kind}"
+    labels = [name.strip() for name in (args.labels or default_labels).split(",")]
+    if len(labels) != 2 or not all(labels) or labels[0] == labels[1]:
+        raise UsageError("--labels takes two different names, FIRST,SECOND")
+    return compare.Comparison(kind=kind, target=target, pid=args.compare_pid,
+                              dsn=args.compare_dsn, publish_target=publish_target,
+                              label=labels[1], this_label=labels[0], rounds=args.compare_rounds)
 
 
 def _check(args, stages: tuple[str, ...]) -> None:
@@ -206,6 +262,11 @@ def _check(args, stages: tuple[str, ...]) -> None:
         raise UsageError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
     if not stages or stages[0] != "ramp" or stages.count("ramp") != 1:
         raise UsageError("--stages must start with ramp, once (clients connect there)")
+    if args.publish == "nchan":
+        try:
+            compare.check_nchan(args.longpolls == 0, args.channels, stages, "--publish nchan")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if args.publish == "http" and not args.api_key:
         raise UsageError("--publish=http needs --api-key (or $RTBUS_BENCH_API_KEY)")
     if not args.channel_prefix or any(c in args.channel_prefix for c in '"\\'):

@@ -12,6 +12,8 @@ import time
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 GEVENT_TITLE = "rtbus: gevent"
 MASTER_TITLE = "rtbus: master"
+# A master's title → the title of the children that do the serving.
+SERVING_CHILDREN = {MASTER_TITLE: GEVENT_TITLE, "nginx: master process": "nginx: worker process"}
 
 
 def _cmdline(pid: int) -> str:
@@ -35,11 +37,13 @@ def _children(pid: int) -> list[int]:
 
 
 def resolve_server_pids(pid: int) -> tuple[list[int], str]:
-    """The processes to measure for `pid`: its ``rtbus: gevent`` children (one per gevent
-    worker) when `pid` is an rtbus master, else `pid` itself. Returns (pids, title of the
-    first); raises OSError if gone."""
+    """The processes to measure for `pid`: its serving children when `pid` is a master
+    (an rtbus master's ``rtbus: gevent`` workers, an nginx master's workers), else `pid`
+    itself. Returns (pids, title of the first); raises OSError if gone."""
     title = _cmdline(pid)
-    if not title.startswith(MASTER_TITLE):
+    wanted = next((child for master, child in SERVING_CHILDREN.items()
+                   if title.startswith(master)), None)
+    if wanted is None:
         return [pid], title
     found = []
     for child in _children(pid):
@@ -47,10 +51,11 @@ def resolve_server_pids(pid: int) -> tuple[list[int], str]:
             child_title = _cmdline(child)
         except OSError:
             continue
-        if child_title.startswith(GEVENT_TITLE):
+        if child_title.startswith(wanted):
             found.append((child, child_title))
     if not found:
-        raise ProcessLookupError(f"pid {pid} is an rtbus master without a '{GEVENT_TITLE}' child")
+        raise ProcessLookupError(f"pid {pid} is a master ({title[:40]!r}) without a "
+                                 f"'{wanted}' child")
     return [child for child, _ in found], found[0][1]
 
 
