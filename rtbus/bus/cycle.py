@@ -101,21 +101,27 @@ def deliver(wants: dict[Subscriber, list[Row]], limits: Limits, counters: dict,
         return
     # The same rows for many subscribers: cut into pages and encoded once.
     batches: dict[tuple[int, ...], list[tuple[bytes, list[int], list[Row]]]] = {}
-    for sub, rows in wants.items():
-        mailbox = sub.mailbox
-        if mailbox.overflowed or mailbox.closed:
-            continue           # the transport is closing it; it will unsubscribe
-        signature = tuple([row.id for row in rows])
-        encoded = batches.get(signature)
-        if encoded is None:
-            encoded = batches[signature] = [(delivery.encode(page), [row.id for row in page], page)
-                                            for page in limits.pages(rows)]
-            counters["batches_encoded"] += len(encoded)
-        for batch, ids, page in encoded:
-            if not mailbox.put(batch, ids, since):
-                if mailbox.overflowed:
-                    counters["overflows"] += 1
-                break
-            counters["mailbox_puts"] += 1
-            counters["deliveries"] += len(ids)
-            sub.given(page)
+    puts = delivered = 0     # booked once per call: the loop runs once per subscriber
+    try:
+        for sub, rows in wants.items():
+            mailbox = sub.mailbox
+            if mailbox.overflowed or mailbox.closed:
+                continue           # the transport is closing it; it will unsubscribe
+            signature = tuple([row.id for row in rows])
+            encoded = batches.get(signature)
+            if encoded is None:
+                encoded = batches[signature] = [
+                    (delivery.encode(page), [row.id for row in page], page)
+                    for page in limits.pages(rows)]
+                counters["batches_encoded"] += len(encoded)
+            for batch, ids, page in encoded:
+                if not mailbox.put(batch, ids, since):
+                    if mailbox.overflowed:
+                        counters["overflows"] += 1
+                    break
+                puts += 1
+                delivered += len(ids)
+                sub.given(page)
+    finally:
+        counters["mailbox_puts"] += puts
+        counters["deliveries"] += delivered

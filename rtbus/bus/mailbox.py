@@ -56,7 +56,7 @@ class Mailbox:
 
     def __init__(self, max_bytes: int, on_overflow: Callable[[Mailbox], None] | None = None,
                  on_ready: Callable[[Mailbox], None] | None = None,
-                 send_now: Callable[[bytes, float | None], bool] | None = None):
+                 send_now: Callable[[bytes, float | None], bool] | None = None, lock=None):
         self.max_bytes = max_bytes
         self.on_overflow = on_overflow
         self.on_ready = on_ready
@@ -71,7 +71,9 @@ class Mailbox:
         # websockets' batches are written through without ever being queued.
         self._batches: collections.deque[tuple[bytes, float | None]] | None = None
         self._bytes = 0
-        self._lock = threading.Lock()
+        # `lock`: a context manager excluding the producers and consumers of this mailbox
+        # from each other; by default a threading.Lock.
+        self._lock = lock if lock is not None else threading.Lock()
         self._drained = True          # the consumer found it empty: the next put wakes it
         self._waiter: threading.Event | None = None   # a get() parked on an empty mailbox
 

@@ -47,7 +47,7 @@ from rtbus import errors
 from rtbus.errors import ClientError
 from rtbus.bus.mailbox import Mailbox
 from rtbus.websocket import events
-from rtbus.websocket.deflate import DeflateParams, is_compressed_frame
+from rtbus.websocket.deflate import DeflateParams
 from rtbus.websocket.frames import CloseCode
 from rtbus.websocket.protocol import (BinaryMessage, CloseReceived, InvalidState, PingReceived,
                                       PongReceived, ProtocolViolation, ServerProtocol, State,
@@ -92,8 +92,10 @@ class WebsocketConnection:
         self.remote = remote
         self.protocol = ServerProtocol(max_message_size=settings.max_message_size, deflate=deflate,
                                        budget=hub.receive_budget)
+        # gevent's semaphore itself: the monkey-patched threading.Lock is the same
+        # semaphore with a Python acquire around it, about 0.4 µs more per put.
         self.mailbox = Mailbox(settings.mailbox_max_bytes, on_ready=self._on_mail,
-                               send_now=self._write_through)
+                               send_now=self._write_through, lock=gevent.lock.BoundedSemaphore())
         self.limiter = RateLimiter(settings.rate_limit_burst, settings.rate_limit_delay)
         now = time.monotonic()
         self.opened_at = now
@@ -359,18 +361,8 @@ class WebsocketConnection:
             self._unsent = memoryview(data)[sent:]
             self._mail = gevent.event.Event()
             self._writer = gevent.spawn(self._writer_loop)
-        self.hub.counters["batches_written_through"] += 1
-        self._count_sent(frame, since)
+        self.hub.sent.count(frame, since, True)
         return True
-
-    def _count_sent(self, frame: bytes, since: float | None) -> None:
-        counters = self.hub.counters
-        counters["batches_sent"] += 1
-        counters["batch_bytes_sent"] += len(frame)
-        if is_compressed_frame(frame):
-            counters["batches_compressed"] += 1
-        if since is not None:
-            self.hub.latency.observe(time.monotonic() - since)
 
     def _on_mail(self, mailbox) -> None:
         # The mailbox's on_ready: a batch, an overflow or a close reached a drained
@@ -427,7 +419,7 @@ class WebsocketConnection:
                         return
                     frame = self.protocol.send_message(self.hub.outgoing.get(batch))
                     self._flush_locked()
-                self._count_sent(frame, self.mailbox.last_since)
+                self.hub.sent.count(frame, self.mailbox.last_since, False)
             except socket.timeout:
                 self._drop_slow_consumer(f"a send blocked for {self.hub.settings.send_timeout:.0f} s")
                 return
