@@ -1,4 +1,4 @@
-"""The stream SQL of migration 0006 against a real PostgreSQL: epochs, late rows, replay."""
+"""The stream SQL of migrations 0006 and 0007 against a real PostgreSQL: epochs, late rows, replay."""
 
 from __future__ import annotations
 
@@ -66,6 +66,48 @@ def test_a_late_transaction_is_read_after_higher_ids(db):
     assert replay(conn, e2, early[-1]) == [(e2, late_id)]
     assert replay(conn, e2, late_id) == []
     assert replay(conn, e2, early[0]) == [(e, early[1]), (e2, late_id)]
+
+
+def pages(conn, cur_epoch, last, limit, window=False, channels=("c",)):
+    """Every row after `last`, read `limit` at a time, each page continuing from the last row."""
+    rows = replay(conn, cur_epoch, last, window=window, channels=channels, limit=limit)
+    found = list(rows)
+    while len(rows) == limit:
+        rows = replay(conn, cur_epoch, rows[-1][1], epoch=rows[-1][0], window=window,
+                      channels=channels, limit=limit)
+        found += rows
+    return found
+
+
+def test_pages_of_any_size_give_the_stream_order_across_late_rows(db):
+    """A page is cut from a bounded set of candidates (migration 0007): small pages, late
+    rows of several epochs and another channel's rows in between change nothing."""
+    conn, connect = db
+    e, _, _ = step(conn, None)
+    first = insert(conn, count=3)
+    slow, slower = connect(), connect()
+    (late,) = insert(slow)
+    (later,) = insert(slower)
+    insert(conn, channel="other", count=2)
+    e, _, _ = step(conn, e)
+    middle = insert(conn, count=3)
+    e, _, _ = step(conn, e)
+    slow.commit()
+    last = insert(conn, count=2)
+    e, _, _ = step(conn, e)            # late, then last: one epoch, in id order
+    slower.commit()
+    e, _, _ = step(conn, e)
+    whole = replay(conn, e, first[0])
+    assert [r[1] for r in whole] == [*first[1:], *middle, late, *last, later]
+    assert whole == sorted(whole)
+    after_late = whole[[r[1] for r in whole].index(late) + 1:]
+    assert [r[1] for r in after_late] == [*last, later]
+    window = replay(conn, e, 0)
+    assert [r[1] for r in window] == [*first, *middle, late, *last, later]
+    for limit in (1, 2, 3, 5):
+        assert pages(conn, e, first[0], limit) == whole
+        assert pages(conn, e, late, limit) == after_late
+        assert pages(conn, e, 0, limit, window=True) == window
 
 
 def test_an_aborted_transaction_leaves_no_hole(db):
