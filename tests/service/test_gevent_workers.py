@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -144,7 +145,11 @@ def test_graceful_stop_drains_the_workers_one_at_a_time(two_workers):
         busclient.subscribe(ws, ["room"])
     spread_over(server, CLIENTS)
     server.signal(signal.SIGTERM)
-    codes = [busclient.close_code(ws, timeout=20) for ws in sockets]
+    # Every client reads (and answers) its close at once, as browsers do: one read at a
+    # time would leave the first worker waiting websocket_response_timeout for answers
+    # from clients still blocked on the second worker's sockets.
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as readers:
+        codes = list(readers.map(lambda ws: busclient.close_code(ws, timeout=20), sockets))
     assert codes == [1001] * CLIENTS
     assert server.wait_exit(30) == 0
     log = server.log()
