@@ -13,6 +13,8 @@ import time
 
 import psycopg2.extensions
 
+from rtbus.db.connect import own_transactions
+
 _logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 10_000
@@ -54,10 +56,9 @@ def collect_garbage(conn, retention_seconds: float, batch_size: int = DEFAULT_BA
     """
     if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
         raise RuntimeError("collect_garbage() commits per batch: the connection is in a transaction")
-    saved_autocommit, conn.autocommit = conn.autocommit, False
     started = time.monotonic()
     deleted = 0
-    try:
+    with own_transactions(conn):
         for _ in range(max_batches):
             with conn.cursor() as cur:
                 cur.execute(_DELETE_BATCH, {"retention": retention_seconds, "batch": batch_size})
@@ -73,11 +74,6 @@ def collect_garbage(conn, retention_seconds: float, batch_size: int = DEFAULT_BA
         with conn.cursor() as cur:
             cur.execute(_RECORD_RUN, {"deleted": deleted})
         conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        conn.autocommit = saved_autocommit
     _logger.info("bus GC deleted %d row(s) older than %.0f s from %s in %.2f s",
                 deleted, retention_seconds, conn.info.dbname, time.monotonic() - started)
     return deleted

@@ -4,6 +4,7 @@ and a start-up check that turns connection failures into one sentence an operato
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 
@@ -177,3 +178,20 @@ def milliseconds(seconds: float | None) -> int:
     if not seconds:
         return 0
     return max(1, round(float(seconds) * 1000))
+
+
+@contextlib.contextmanager
+def own_transactions(conn):
+    """Run a block that commits its own transactions on `conn`, outside autocommit.
+
+    On an exception the open transaction is rolled back and the exception goes on;
+    `conn`'s autocommit setting is restored either way.
+    """
+    saved_autocommit, conn.autocommit = conn.autocommit, False
+    try:
+        yield conn
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.autocommit = saved_autocommit

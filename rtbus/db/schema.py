@@ -104,9 +104,7 @@ def upgrade(conn, *, available: Sequence[Migration] | None = None) -> tuple[int,
     latest = available[-1].version if available else 0
     if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
         raise SchemaError("upgrade() needs a connection outside any transaction.")
-    saved_autocommit = conn.autocommit
-    conn.autocommit = False
-    try:
+    with connect.own_transactions(conn):
         with conn.cursor() as cur:
             # READ COMMITTED whatever the connection's default: each statement after the
             # lock must see what a concurrent upgrader committed before releasing it.
@@ -123,11 +121,6 @@ def upgrade(conn, *, available: Sequence[Migration] | None = None) -> tuple[int,
                 if migration.version > old:
                     _apply(cur, migration, conn.info.dbname)
         conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        conn.autocommit = saved_autocommit
     return old, max(old, latest)
 
 

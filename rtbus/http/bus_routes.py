@@ -53,6 +53,19 @@ def _id_param(value, name: str) -> int:
     return value
 
 
+def authorized(app, session, channels):
+    """(the Subscription `session` may have on `channels`, the session to serve it with).
+
+    The channel rules decide (rtbus.bus.authorization); a channel list they refuse is the
+    call's InvalidParams.
+    """
+    try:
+        subscription = authorize(session, channels, app.policy)
+    except ClientError as exc:
+        raise InvalidParams(str(exc)) from None
+    return subscription, subscription.session_or(session)
+
+
 # -- peek ------------------------------------------------------------------------------------
 
 
@@ -65,11 +78,7 @@ def peek_notifications(app, request: Request, *, channels, last=0, is_first_poll
     session = app.sessions.check_poll(dbname, sid_from_cookie_header(request.environ),
                                       is_first_poll, client=request.remote_addr,
                                       cookies=request.cookies)
-    try:
-        subscription = authorize(session, channels, app.policy)
-    except ClientError as exc:
-        raise InvalidParams(str(exc)) from None
-    session = subscription.session_or(session)
+    subscription, session = authorized(app, session, channels)
     app.subscribe_hooks.run(session, subscription, SubscribeContext(
         pool=app.pool, transport="peek", notifier=app.notifier, extra={"remote": request.remote_addr}))
     return {"channels": subscription.anchored_channels(),

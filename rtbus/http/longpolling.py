@@ -23,10 +23,11 @@ import contextlib
 
 from werkzeug.wrappers import Request, Response
 
-from rtbus.bus.authorization import SubscribeContext, authorize
+from rtbus.bus.authorization import SubscribeContext
 from rtbus.bus.poll import Outcome, Poll
 from rtbus.errors import ClientError, DatabaseUnavailable
 from rtbus.http import cors, misroute
+from rtbus.http.bus_routes import authorized
 from rtbus.http.jsonrpc import InvalidParams, JsonRpcError, RawResult, error_response, jsonrpc_route
 from rtbus.session import sid_from_cookie_header
 from rtbus.websocket.socket_watch import departure_watch
@@ -60,11 +61,7 @@ def _poll(app, request: Request, *, channels, last=0, options=None):
     session = app.sessions.authenticate(dbname, sid_from_cookie_header(request.environ),
                                          client=request.remote_addr,
                                          cookies=request.cookies)
-    try:
-        subscription = authorize(session, channels, app.policy)
-    except ClientError as exc:
-        raise InvalidParams(str(exc)) from None
-    session = subscription.session_or(session)
+    subscription, session = authorized(app, session, channels)
     if INACTIVITY_OPTION in options and not session.is_public:
         try:
             app.presence.update_presence(session, options[INACTIVITY_OPTION])
