@@ -19,6 +19,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
+import operator  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 
@@ -31,6 +32,7 @@ from rtbus.websocket.budget import ReceiveBudget  # noqa: E402
 from rtbus.websocket.connection import WebsocketConnection  # noqa: E402
 from rtbus.websocket.deflate import OutgoingMessages  # noqa: E402
 from rtbus.websocket.hub import WebsocketSettings  # noqa: E402
+from rtbus.websocket.timers import TimerQueue  # noqa: E402
 
 try:   # the hub's send counts; older trees kept them in hub.counters
     from rtbus.websocket.hub import SentBatches  # noqa: E402
@@ -66,6 +68,7 @@ class StubHub:
         self.outgoing = OutgoingMessages(None)
         self.sessions = _Sessions()
         self.dispatcher = _Dispatcher()
+        self.timers = TimerQueue(operator.methodcaller("timer_due"))
 
     def sent_count(self, name: str) -> int:
         sent = getattr(self, "sent", None)

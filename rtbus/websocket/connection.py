@@ -3,10 +3,12 @@
 One greenlet per connection, two while the client reads more slowly than batches come:
 
 - the *reader* (the request's own greenlet) waits for bytes, feeds the
-  protocol, applies the rate limit, handles client events, and runs the timers
-  (ping after `ping_interval` of silence, drop when a ping or close is not
-  answered within `response_timeout`, close 4002 at the end of the jittered
-  keep-alive lifetime);
+  protocol, applies the rate limit and handles client events;
+- the *timers* (ping after `ping_interval` of silence, drop when a ping or close is
+  not answered within `response_timeout`, close 4002 at the end of the jittered
+  keep-alive lifetime) are one deadline per connection in the hub's TimerQueue (one
+  loop timer for the process); a deadline that passes with something to do spawns a
+  short greenlet for it;
 - *write-through*: a batch put in an empty mailbox is first offered to
   `_write_through`, which sends its shared frame at once from the dispatcher's
   greenlet with one non-blocking send, when nothing is ahead of it and the session
@@ -18,7 +20,7 @@ One greenlet per connection, two while the client reads more slowly than batches
   kernel took only part of, before anything else. It is spawned by that partial
   send or by the mailbox's `on_ready` edge (a
   batch, an overflow or a close reaching a drained mailbox) and waits on a
-  gevent Event for the next batch. The reader's next timer check (at most one
+  gevent Event for the next batch. The next timer check (at most one
   ping interval away) retires it once it has waited `WRITER_IDLE_EXIT` seconds:
   an idle websocket holds no writer greenlet, a busy one pays no spawn and no
   timer per batch.
@@ -26,7 +28,7 @@ One greenlet per connection, two while the client reads more slowly than batches
 Both write through `_send_lock`, so frames never interleave. A write first tries
 a non-blocking send; only when the kernel buffer is full does it wait, up to
 `websocket_send_timeout`. Anything may ask for a close (`close`), from any
-greenlet: it sends the close frame and arms a timer that drops the TCP
+greenlet: it sends the close frame and sets a deadline that drops the TCP
 connection if the peer never echoes.
 """
 
@@ -41,7 +43,7 @@ import time
 import gevent
 import gevent.event
 import gevent.lock
-from gevent.socket import wait_read
+from gevent.socket import cancel_wait_ex, wait
 
 from rtbus import errors
 from rtbus.errors import ClientError
@@ -62,6 +64,9 @@ RECV_SIZE = 65536
 # steady stream, so a busy connection keeps its writer.
 WRITER_IDLE_EXIT = 5.0
 MAX_LOGGED_BAD_EVENTS = 3    # per connection; later ones are logged at debug level
+# The shortest wait between two timer checks: a deadline that cannot be acted on yet
+# must not make its connection spin.
+MIN_TIMER_WAIT = 0.05
 
 _ids = itertools.count(1)
 
@@ -77,7 +82,7 @@ class WebsocketConnection:
     # Thousands of these live at once, most of them idle: no per-instance dict.
     __slots__ = ("hub", "id", "sock", "session", "dbname", "remote", "protocol", "mailbox",
                  "limiter", "opened_at", "last_activity", "expires_at", "ping_deadline",
-                 "close_code", "_initial", "_send_lock", "_terminated", "_subscribed",
+                 "close_deadline", "close_code", "_readable", "_initial", "_send_lock", "_terminated", "_subscribed",
                  "_bad_events", "_writer", "_mail", "_writer_parked_since", "_retire_writer",
                  "_unsent", "subscribe_request", "following")
 
@@ -103,8 +108,10 @@ class WebsocketConnection:
         keep_alive = settings.keep_alive_timeout
         self.expires_at = now + keep_alive + random.uniform(0, keep_alive / 2) if keep_alive else None
         self.ping_deadline: float | None = None
+        self.close_deadline: float | None = None   # our close's echo is awaited until then
         self.close_code: int | None = None     # what we closed with (None: the peer closed)
         self._initial = initial
+        self._readable = None                  # the reader's io watcher, while it runs
         self._send_lock = gevent.lock.Semaphore()
         self._terminated = False
         self.subscribe_request = None          # the last subscribe served (re-authorized on a change)
@@ -122,12 +129,15 @@ class WebsocketConnection:
     # -- lifecycle -------------------------------------------------------
     def run(self) -> None:
         self.sock.settimeout(self.hub.settings.send_timeout)
+        self._readable = gevent.get_hub().loop.io(self.sock.fileno(), 1)
+        self._schedule_timers()
         try:
             initial, self._initial = self._initial, b""
             if initial:
                 self._receive(initial)
             self._reader_loop()
         finally:
+            self.hub.timers.set(self, None)
             self.protocol.discard_input()     # give its partial message back to the budget
             self.hub.dispatcher.unsubscribe(self)
             # Closing the mailbox and the socket ends the writer by itself (the close
@@ -154,9 +164,11 @@ class WebsocketConnection:
         except OSError:
             self._terminate()
             return
-        gevent.spawn_later(self.hub.settings.response_timeout, self._terminate_if_open, "close")
         if self.protocol.should_close_transport():
             self._terminate()
+            return
+        self.close_deadline = time.monotonic() + self.hub.settings.response_timeout
+        self._schedule_timers()
 
     def _terminate_if_open(self, awaited: str) -> None:
         if not self._terminated:
@@ -170,6 +182,11 @@ class WebsocketConnection:
             return
         self._terminated = True
         self.mailbox.close()
+        readable = self._readable
+        if readable is not None:
+            # A closed descriptor does not wake its watcher: the reader is woken here.
+            self._readable = None
+            gevent.get_hub().cancel_wait(readable, cancel_wait_ex, True)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -181,13 +198,8 @@ class WebsocketConnection:
         # The first bytes may have arrived with the handshake and already closed
         # the connection: check before waiting for more.
         while not self._terminated and not self.protocol.should_close_transport():
-            timeout = self._run_timers()
-            if self._terminated:
-                return
             try:
-                wait_read(self.sock.fileno(), timeout=timeout, timeout_exc=socket.timeout)
-            except socket.timeout:
-                continue
+                wait(self._readable)    # no timeout: the timers wake nobody
             except (OSError, ValueError):
                 return          # closed by _terminate in another greenlet
             try:
@@ -280,13 +292,47 @@ class WebsocketConnection:
             self.close(outcome.close_code, outcome.close_reason)
 
     # -- timers ----------------------------------------------------------
-    def _run_timers(self) -> float:
-        """Act on the timers that are due; return the seconds until the next one."""
+    def _next_deadline(self) -> float:
+        """When the timers must next be looked at (monotonic seconds)."""
+        candidates = [self.ping_deadline, self.close_deadline]
+        if self.protocol.state is State.OPEN:
+            candidates.append(self.expires_at)
+            if self.ping_deadline is None:
+                candidates.append(self.last_activity + self.hub.settings.ping_interval)
+        found = [at for at in candidates if at is not None]
+        return min(found) if found else None
+
+    def _schedule_timers(self) -> None:
+        if self._terminated:
+            return
+        at = self._next_deadline()
+        if at is not None:
+            at = max(at, time.monotonic() + MIN_TIMER_WAIT)
+        self.hub.timers.set(self, at)
+
+    def timer_due(self) -> None:
+        """The hub's TimerQueue: the deadline set last has passed. Called from the event
+        loop, so it must not block: anything that may send runs in its own greenlet."""
+        if self._terminated:
+            return
+        now = time.monotonic()
+        at = self._next_deadline()
+        if at is not None and at <= now:
+            gevent.spawn(self._run_timers)
+            return
+        self._retire_idle_writer(now)     # activity moved the deadline: nothing else is due
+        self._schedule_timers()
+
+    def _run_timers(self) -> None:
+        """Act on the timers that are due, then set the next deadline."""
         settings = self.hub.settings
         now = time.monotonic()
+        if self.close_deadline is not None and now >= self.close_deadline:
+            self._terminate_if_open("close")
+            return
         if self.ping_deadline is not None and now >= self.ping_deadline:
             self._terminate_if_open("ping")
-            return 0.0
+            return
         if self.protocol.state is State.OPEN:
             if self.expires_at is not None and now >= self.expires_at:
                 _logger.debug("%s: keep-alive lifetime reached, closing with 4002", self)
@@ -298,18 +344,16 @@ class WebsocketConnection:
                         self._flush_locked()
                 except (OSError, InvalidState):
                     self._terminate()
-                    return 0.0
+                    return
                 self.ping_deadline = now + settings.response_timeout
+        self._retire_idle_writer(now)
+        self._schedule_timers()
+
+    def _retire_idle_writer(self, now: float) -> None:
         parked = self._writer_parked_since
         if parked is not None and now - parked >= WRITER_IDLE_EXIT:
             self._retire_writer = True
             self._mail.set()
-        deadlines = [self.last_activity + settings.ping_interval]
-        if self.ping_deadline is not None:
-            deadlines.append(self.ping_deadline)
-        if self.expires_at is not None:
-            deadlines.append(self.expires_at)
-        return max(min(deadlines) - now, 0.05)
 
     # -- writing ---------------------------------------------------------
     def _flush_locked(self) -> None:

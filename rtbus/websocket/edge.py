@@ -114,6 +114,13 @@ class Deadlines:
                 passed.append(item)
         return passed
 
+    def next_at(self) -> float | None:
+        """The earliest deadline still set (on the table's clock), or None."""
+        heap, current = self._heap, self._current
+        while heap and current.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)         # superseded or removed
+        return heap[0][0] if heap else None
+
     def _compact(self) -> None:
         self._heap = [entry for entry in self._heap if self._current.get(entry[2]) == entry[1]]
         heapq.heapify(self._heap)

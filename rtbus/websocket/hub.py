@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import operator
 import time
 
 import gevent
@@ -23,6 +24,7 @@ from rtbus.websocket.budget import ReceiveBudget
 from rtbus.websocket.deflate import CompressionPolicy, DeflateParams, OutgoingMessages
 from rtbus.websocket.deflate import is_compressed_frame
 from rtbus.websocket.frames import CloseCode
+from rtbus.websocket.timers import TimerQueue
 
 _logger = logging.getLogger(__name__)
 
@@ -97,6 +99,8 @@ class Hub:
                   if settings.compression else None)
         # Batches framed (and compressed) once for all the connections that send them.
         self.outgoing = OutgoingMessages(policy)
+        # Every connection's next deadline (ping, answer, lifetime) on one loop timer.
+        self.timers = TimerQueue(operator.methodcaller("timer_due"))
         # Connections whose session changed, re-checked in order by one greenlet.
         self._to_recheck: dict[int, object] = {}
         self._rechecker = None

@@ -87,3 +87,16 @@ def test_limits_from_the_defaults():
     assert limits.time_for(Phase.HEAD) == 10.0
     assert limits.time_for(Phase.APP) is None and limits.time_for(Phase.UPGRADED) is None
     assert limits.max_head_size == 64 * 1024
+
+
+def test_next_at_is_the_earliest_deadline_still_set():
+    clock = Clock()
+    table = Deadlines(clock)
+    assert table.next_at() is None
+    table.set("a", 1.0)
+    table.set("b", 5.0)
+    assert table.next_at() == 101.0
+    table.set("a", None)
+    assert table.next_at() == 105.0
+    table.set("b", 9.0)
+    assert table.next_at() == 109.0

@@ -301,6 +301,18 @@ def test_idle_connection_is_pinged_and_dropped_when_silent(tight_server):
         raw.close()
 
 
+def test_a_close_the_client_never_echoes_drops_the_connection(tight_server):
+    raw = RawWebsocket(tight_server.longpolling_port, headers={"User-Agent": "Mozilla/5.0"})
+    try:
+        assert raw.read_close() == (1000, "OUTDATED_VERSION")
+        started = time.monotonic()
+        assert raw.closed_by_peer(timeout=5)          # we never echo the close
+        assert time.monotonic() - started < 4
+        tight_server.wait_log(r"no answer to our close within 1 s", timeout=5)
+    finally:
+        raw.close()
+
+
 def test_keep_alive_lifetime_closes_with_4002(tight_server):
     ws = connect(tight_server.longpolling_port)
     try:
