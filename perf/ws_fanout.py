@@ -95,7 +95,8 @@ def main() -> None:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     connections = [WebsocketConnection(hub, server, session, remote="bench")
                    for server, _ in pairs]
-    readers = [gevent.spawn(c.run) for c in connections]
+    for connection in connections:
+        connection.start()
     gevent.sleep(0.2)
     mailboxes = [c.mailbox for c in connections]
     cpu = 0.0
@@ -116,8 +117,8 @@ def main() -> None:
           f"{1e6 * cpu / deliveries:.2f} µs of CPU per delivery "
           f"({received} bytes received, {hub.sent_count('batches_written_through')} written through)")
     for connection in connections:
-        connection.close(1001)
-    gevent.killall(readers, timeout=5)
+        connection.abort()
+    gevent.sleep(0.1)     # their ends run in greenlets
 
 
 if __name__ == "__main__":

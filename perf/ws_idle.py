@@ -1,7 +1,7 @@
 """What one idle websocket holds, in one gevent process, without the network.
 
 N `WebsocketConnection`s are served over socketpairs (public sessions, the stub hub of
-`ws_fanout.py`, the real settings) and left idle, their readers waiting. Prints the
+`ws_fanout.py`, the real settings) and left idle, waiting for bytes. Prints the
 memory per connection that tracemalloc sees once they are built and once they wait,
 the RSS growth per connection, and the allocation sites that hold the most while they
 wait. A comparison between versions of the code: the server's figure (RSS growth over
@@ -51,7 +51,8 @@ def main() -> None:
     connections = [WebsocketConnection(hub, server, session, remote="bench") for server, _ in pairs]
     gc.collect()
     built = tracemalloc.take_snapshot()
-    readers = [gevent.spawn(c.run) for c in connections]
+    for connection in connections:
+        connection.start()
     gevent.sleep(0.5)
     gc.collect()
     waiting = tracemalloc.take_snapshot()
@@ -62,7 +63,7 @@ def main() -> None:
         return sum(stat.size_diff for stat in diff) / n / 1024
 
     print(f"{n} idle connections: {per(built):.2f} KB each once built, {per(waiting):.2f} KB "
-          f"once their readers wait (tracemalloc); RSS growth {(rss_after - rss_before) / n:.2f} KB "
+          f"once they wait for bytes (tracemalloc); RSS growth {(rss_after - rss_before) / n:.2f} KB "
           f"each (with tracemalloc's own overhead)")
     for stat in waiting.compare_to(empty, "lineno")[:options.top]:
         frame = stat.traceback[0]
@@ -70,8 +71,8 @@ def main() -> None:
               f"{frame.filename.rsplit('/', 2)[-1]}:{frame.lineno}")
     tracemalloc.stop()
     for connection in connections:
-        connection.close(1001)
-    gevent.killall(readers, timeout=5)
+        connection.abort()
+    gevent.sleep(0.1)     # their ends run in greenlets
 
 
 if __name__ == "__main__":

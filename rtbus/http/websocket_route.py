@@ -59,9 +59,9 @@ def websocket(app, request: Request) -> Response:
     del response.headers["Content-Type"]
     remote = request.remote_addr or "?"
 
-    def serve(sock, initial: bytes) -> None:
+    def serve(sock, initial: bytes, on_end) -> None:
         app.hub.serve(sock, session, remote=remote, initial=initial, outdated=outdated, expired=expired,
-                      deflate=params)
+                      deflate=params, on_end=on_end)
 
     request.environ["rtbus.upgrade"] = serve
     return response

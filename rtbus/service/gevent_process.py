@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 import gevent
 import gevent.event
@@ -36,6 +37,8 @@ from rtbus.service.heartbeat import HeartbeatWriter
 _logger = logging.getLogger(__name__)
 
 LIMITS_INTERVAL = 2.0    # seconds between two looks at the master and the memory
+# Seconds for dropped websockets to finish (unsubscribe, presence) before the pools close.
+DROPPED_WAIT = 2.0
 
 
 class GreenletLoop:
@@ -147,6 +150,8 @@ class EventedProcess(ChildProcess):
     def drop_in_flight(self) -> None:
         if self.server is not None:
             self.server.pool.kill(block=False)
+        if self.services is not None:
+            self.services.hub.drop_all()
 
     def wind_down(self) -> None:
         server = self.server
@@ -159,10 +164,16 @@ class EventedProcess(ChildProcess):
             except Exception:
                 _logger.exception("error in a stop hook")
         timeout = 0 if self.fast else self.config.graceful_timeout
-        active = len(server.pool)
+        deadline = time.monotonic() + timeout
+        hub = self.services.hub
+        # Websockets have no greenlet in the server's pool: the hub waits for its own.
+        active = len(server.pool) + len(hub.connections)
         if active:
             _logger.info("waiting up to %.0f s for %d connections", timeout, active)
         server.stop(timeout=timeout)
+        if hub.wait_closed(max(deadline - time.monotonic(), 0.0)):
+            hub.drop_all()
+            hub.wait_closed(DROPPED_WAIT)
 
     def teardown(self) -> None:
         self.services.close()

@@ -1,9 +1,12 @@
 """One websocket connection on gevent: the I/O around the sans-I/O ServerProtocol.
 
-One greenlet per connection, two while the client reads more slowly than batches come:
+No greenlet while a connection is idle; while it works, a greenlet for what it works on:
 
-- the *reader* (the request's own greenlet) waits for bytes, feeds the
-  protocol, applies the rate limit and handles client events;
+- the *reader*: an io watcher (a callback in the event loop) waits for bytes; when
+  some come it stops and spawns a greenlet that reads them, feeds the protocol,
+  applies the rate limit and handles client events, then re-arms the watcher and
+  ends. Reading stops while that greenlet runs, so frames are handled one read at a
+  time and in order (a ping's pong leaves after the subscribe before it);
 - the *timers* (ping after `ping_interval` of silence, drop when a ping or close is
   not answered within `response_timeout`, close 4002 at the end of the jittered
   keep-alive lifetime) are one deadline per connection in the hub's TimerQueue (one
@@ -25,6 +28,10 @@ One greenlet per connection, two while the client reads more slowly than batches
   an idle websocket holds no writer greenlet, a busy one pays no spawn and no
   timer per batch.
 
+The end of a connection (`_finish`: unsubscribe, wait for the writer, tell the hub,
+then `on_end`) runs once, in the reader's greenlet if one is running, else in one
+spawned by `_terminate`; presence may query there.
+
 Both write through `_send_lock`, so frames never interleave. A write first tries
 a non-blocking send; only when the kernel buffer is full does it wait, up to
 `websocket_send_timeout`. Anything may ask for a close (`close`), from any
@@ -43,7 +50,6 @@ import time
 import gevent
 import gevent.event
 import gevent.lock
-from gevent.socket import cancel_wait_ex, wait
 
 from rtbus import errors
 from rtbus.errors import ClientError
@@ -77,17 +83,17 @@ def _grants(session) -> tuple:
 
 
 class WebsocketConnection:
-    """The server side of one open websocket. `run()` blocks until it is over."""
+    """The server side of one open websocket, served from `start()` until `on_end()`."""
 
     # Thousands of these live at once, most of them idle: no per-instance dict.
     __slots__ = ("hub", "id", "sock", "session", "dbname", "remote", "protocol", "mailbox",
                  "limiter", "opened_at", "last_activity", "expires_at", "ping_deadline",
                  "close_deadline", "close_code", "_readable", "_initial", "_send_lock", "_terminated", "_subscribed",
                  "_bad_events", "_writer", "_mail", "_writer_parked_since", "_retire_writer",
-                 "_unsent", "subscribe_request", "following")
+                 "_unsent", "subscribe_request", "following", "_reader", "_on_end")
 
     def __init__(self, hub, sock: socket.socket, session, *, remote: str, initial: bytes = b"",
-                 deflate: DeflateParams | None = None):
+                 deflate: DeflateParams | None = None, on_end=None):
         settings = hub.settings
         self.hub = hub
         self.id = next(_ids)
@@ -111,7 +117,9 @@ class WebsocketConnection:
         self.close_deadline: float | None = None   # our close's echo is awaited until then
         self.close_code: int | None = None     # what we closed with (None: the peer closed)
         self._initial = initial
-        self._readable = None                  # the reader's io watcher, while it runs
+        self._readable = None                  # the read watcher, once started
+        self._reader = None                    # the greenlet reading, while one is
+        self._on_end = on_end                  # called once the connection is over
         self._send_lock = gevent.lock.Semaphore()
         self._terminated = False
         self.subscribe_request = None          # the last subscribe served (re-authorized on a change)
@@ -127,26 +135,40 @@ class WebsocketConnection:
         return f"websocket #{self.id} ({self.remote}, {self.session!r})"
 
     # -- lifecycle -------------------------------------------------------
-    def run(self) -> None:
+    def start(self) -> None:
+        """Serve the connection from now on and return at once; `on_end()` (given to the
+        constructor) is called once it is over, from a greenlet, after the hub forgot it."""
         self.sock.settimeout(self.hub.settings.send_timeout)
-        self._readable = gevent.get_hub().loop.io(self.sock.fileno(), 1)
+        if self._terminated:
+            return          # closed before it started: its end is already under way
         self._schedule_timers()
-        try:
-            initial, self._initial = self._initial, b""
-            if initial:
-                self._receive(initial)
-            self._reader_loop()
-        finally:
-            self.hub.timers.set(self, None)
-            self.protocol.discard_input()     # give its partial message back to the budget
-            self.hub.dispatcher.unsubscribe(self)
-            # Closing the mailbox and the socket ends the writer by itself (the close
-            # wakes it); it may be in the middle of a session check.
-            self._terminate()
-            writer = self._writer
-            if writer is not None:
-                writer.join(timeout=self.hub.settings.send_timeout)
-            self.hub.forget(self)
+        initial, self._initial = self._initial, b""
+        if initial:
+            self._reader = gevent.spawn(self._read, initial)
+        else:
+            self._arm_reader()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, without a close frame (a fast stop)."""
+        self._terminate()
+
+    def _finish(self) -> None:
+        """The end, once, in a greenlet: everything the connection holds is given back."""
+        self.hub.timers.set(self, None)
+        self.protocol.discard_input()     # give its partial message back to the budget
+        self.hub.dispatcher.unsubscribe(self)
+        # Closing the mailbox and the socket ended the writer by itself (the close
+        # wakes it); it may be in the middle of a session check.
+        writer = self._writer
+        if writer is not None:
+            writer.join(timeout=self.hub.settings.send_timeout)
+        self.hub.forget(self)
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            try:
+                on_end()
+            except Exception:
+                _logger.exception("%s: could not record its end", self)
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake with `code`; drop TCP if it is not answered in time.
@@ -182,35 +204,63 @@ class WebsocketConnection:
             return
         self._terminated = True
         self.mailbox.close()
-        readable = self._readable
+        readable, self._readable = self._readable, None
         if readable is not None:
-            # A closed descriptor does not wake its watcher: the reader is woken here.
-            self._readable = None
-            gevent.get_hub().cancel_wait(readable, cancel_wait_ex, True)
+            readable.close()      # before the descriptor: a watcher must not outlive it
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.sock.close()
+        if self._reader is None:
+            gevent.spawn(self._finish)    # else the reader finishes, once it is done
 
     # -- reading ---------------------------------------------------------
-    def _reader_loop(self) -> None:
-        # The first bytes may have arrived with the handshake and already closed
-        # the connection: check before waiting for more.
-        while not self._terminated and not self.protocol.should_close_transport():
-            try:
-                wait(self._readable)    # no timeout: the timers wake nobody
-            except (OSError, ValueError):
-                return          # closed by _terminate in another greenlet
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                return
-            if not data:
-                return          # the peer went away without a close frame
-            self._receive(data)
+    def _arm_reader(self) -> None:
+        readable = self._readable
+        if readable is None:
+            readable = self._readable = gevent.get_hub().loop.io(self.sock.fileno(), 1)
+        readable.start(self._on_readable)
+
+    def _on_readable(self) -> None:
+        # The read watcher's callback, in the event loop: it must not block. No more is
+        # read until the greenlet is done with this.
+        self._readable.stop()
+        self._reader = gevent.spawn(self._read)
+
+    def _read(self, data: bytes | None = None) -> None:
+        """Read what the socket holds (or act on `data`, which came with the handshake),
+        then wait for more, or finish the connection once it is over."""
+        try:
+            if data is None and not self._terminated:
+                data = self._recv()
+            if data:
+                self._receive(data)
+            # b"": the peer went away without a close frame.
+            if data == b"" or self.protocol.should_close_transport():
+                self._terminate()
+        except Exception:
+            _logger.exception("%s: failed while reading", self)
+            self._terminate()
+        except BaseException:       # killed: the connection ends with its reader
+            self._terminate()
+            raise
+        finally:
+            self._reader = None
+            if self._terminated:
+                self._finish()
+            else:
+                self._arm_reader()
+
+    def _recv(self) -> bytes | None:
+        """What the socket holds; b"" once the peer is gone or the socket failed, None
+        when nothing came after all."""
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError, socket.timeout):
+            return None
+        except OSError:
+            return b""
 
     def _receive(self, data: bytes) -> None:
         now = time.monotonic()

@@ -17,6 +17,7 @@ import operator
 import time
 
 import gevent
+import gevent.event
 
 from rtbus.metrics.histogram import Histogram
 from rtbus.websocket import events
@@ -87,6 +88,7 @@ class Hub:
         self.presence = presence
         self.notifier = notifier    # what after-subscribe hooks publish with
         self.connections: dict[int, object] = {}
+        self._emptied = gevent.event.Event()     # set when the last connection is forgotten
         self.counters: collections.Counter = collections.Counter()
         self.closes: collections.Counter = collections.Counter()    # by close code
         # NOTIFY received → batch sent, per batch sent (see rtbus.metrics.families).
@@ -107,8 +109,9 @@ class Hub:
 
     # -- connections -----------------------------------------------------
     def serve(self, sock, session, *, remote: str, initial: bytes = b"", outdated: bool = False,
-              expired: bool = False, deflate: DeflateParams | None = None) -> None:
-        """Run one websocket until it ends (blocks the calling greenlet).
+              expired: bool = False, deflate: DeflateParams | None = None, on_end=None) -> None:
+        """Serve one websocket from now on, and return at once: no greenlet waits for an
+        idle websocket. `on_end()` is called once, when it is over and forgotten.
 
         `outdated`: the client runs an old worker version; `expired`: its cookie
         named a session that is no longer valid (`session` is then the public one);
@@ -117,7 +120,7 @@ class Hub:
         from rtbus.websocket.connection import WebsocketConnection
 
         connection = WebsocketConnection(self, sock, session, remote=remote, initial=initial,
-                                         deflate=deflate)
+                                         deflate=deflate, on_end=on_end)
         self.connections[connection.id] = connection
         connection.following = self.followers.follow(
             session, lambda: self._session_changed(connection))
@@ -134,10 +137,12 @@ class Hub:
             connection.close(CloseCode.SESSION_EXPIRED, "session expired")
         elif self.stopping:
             connection.close(CloseCode.GOING_AWAY, "server stopping")
-        connection.run()
+        connection.start()
 
     def forget(self, connection) -> None:
         if self.connections.pop(connection.id, None) is not None:
+            if not self.connections:
+                self._emptied.set()
             self.followers.unfollow(connection.following)
             # Every session: the presence service ignores visitors itself, a forwarding
             # one (rtbus.auth) tells the application of a guest's close too.
@@ -160,6 +165,26 @@ class Hub:
                 connection.close(code, reason)
             if start + batch < len(targets):
                 gevent.sleep(self.settings.close_interval)
+        return len(targets)
+
+    def wait_closed(self, timeout: float) -> int:
+        """Wait up to `timeout` s for every connection to be over (after `close_all`);
+        return how many are left."""
+        deadline = time.monotonic() + timeout
+        while self.connections:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._emptied.clear()
+            self._emptied.wait(remaining)
+        return len(self.connections)
+
+    def drop_all(self) -> int:
+        """Drop every connection's TCP connection now, without a close frame (a fast
+        stop); their ends run in greenlets of their own. Returns how many."""
+        targets = list(self.connections.values())
+        for connection in targets:
+            connection.abort()
         return len(targets)
 
     # -- sessions that change --------------------------------------------

@@ -19,6 +19,7 @@ import time
 
 import gevent
 import gevent.pool
+import gevent.socket
 from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from rtbus.http.proxy import forwarded_client
@@ -217,16 +218,43 @@ class EdgeServer(WSGIServer):
         glet.throw(DeadlinePassed(phase))
 
 
+class _Upgraded:
+    """A websocket's hand-over from its handler: what its end must settle."""
+
+    __slots__ = ("server", "tracked", "access", "started", "sock")
+
+    def __init__(self, server: EdgeServer, tracked: _Tracked, access: tuple, started: float):
+        self.server = server
+        self.tracked = tracked
+        self.access = access
+        self.started = started
+        self.sock = None
+
+    def ended(self) -> None:
+        """Once the websocket is over: its count released, its socket closed, its access
+        line written. A second call does nothing."""
+        tracked, self.tracked = self.tracked, None
+        if tracked is None:
+            return
+        self.server.forget(tracked)
+        if self.sock is not None:
+            self.sock.close()
+        _access_logger.info('%s "%s" %s %s %s', *self.access, f"{time.time() - self.started:.3f}s")
+
+
 class EdgeHandler(WSGIHandler):
     """pywsgi's handler with the edge's phases, able to hand an upgraded connection over to
     the websocket hub.
 
     The ``/websocket`` route answers 101 and leaves ``rtbus.upgrade`` in the environ; once
     the 101 is written, the socket belongs to the websocket layer for the rest of its
-    life, in this same greenlet. It is served only once pywsgi is done with the request,
-    and after the handler has let go of it: its buffered reader (8 KB), the WSGI environ
-    and the werkzeug request would otherwise stay alive as long as the websocket, about a
-    third of an idle websocket's memory.
+    life, and this greenlet ends: an idle websocket has none (rtbus.websocket.connection).
+    It is handed over only once pywsgi is done with the request, and after the handler
+    has let go of it: its buffered reader (8 KB), the WSGI environ and the werkzeug
+    request would otherwise stay alive as long as the websocket. Its descriptor is
+    detached first (gevent's server closes the socket it accepted when the handler's
+    greenlet ends), and the connection's count and its access log line are the
+    websocket's to settle when it ends (`_Upgraded.ended`).
     """
 
     _upgrade = None     # (serve, socket, bytes already read) once a 101 was written
@@ -243,6 +271,7 @@ class EdgeHandler(WSGIHandler):
             pass
         server = self.server
         tracked = self._tracked = server.track(self._peer())
+        handed_over = False
         try:
             try:
                 super().handle()
@@ -250,9 +279,10 @@ class EdgeHandler(WSGIHandler):
                 pass        # a refusal or a 408 that could not leave in time
             if self._upgrade is not None:
                 server.enter(tracked, Phase.UPGRADED)
-                self._serve_upgraded()
+                handed_over = self._serve_upgraded(tracked)
         finally:
-            server.forget(tracked)
+            if not handed_over:
+                server.forget(tracked)
 
     def _peer(self) -> str | None:
         address = self.client_address
@@ -353,20 +383,25 @@ class EdgeHandler(WSGIHandler):
             pass
 
     # -- the websocket hand-off ------------------------------------------
-    def _serve_upgraded(self) -> None:
+    def _serve_upgraded(self, tracked: _Tracked) -> bool:
+        """Hand the socket to the websocket layer; True once it owns the connection."""
         serve, sock, initial = self._upgrade
-        access = self._access_fields()
-        started = self.time_start
+        upgraded = _Upgraded(self.server, tracked, self._access_fields(), self.time_start)
         # Everything pywsgi kept for the request (environ, headers, the request,
         # the response) goes now; the websocket needs none of it.
         self.__dict__.clear()
+        tracked.greenlet = None     # no greenlet serves it from now on
         try:
-            serve(sock, initial)
-        except Exception:
-            _logger.exception("websocket from %s failed", access[0])
-        finally:
+            upgraded.sock = gevent.socket.socket(fileno=sock.detach())
+        except OSError:
             sock.close()
-            _access_logger.info('%s "%s" %s %s %s', *access, f"{time.time() - started:.3f}s")
+            return False
+        try:
+            serve(upgraded.sock, initial, upgraded.ended)
+        except Exception:
+            _logger.exception("websocket from %s failed", upgraded.access[0])
+            upgraded.ended()
+        return True
 
     def get_environ(self):
         environ = super().get_environ()
