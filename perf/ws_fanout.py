@@ -18,67 +18,18 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
-import collections  # noqa: E402
-import operator  # noqa: E402
+import os  # noqa: E402
 import socket  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import gevent  # noqa: E402
 
-from rtbus.config import Config  # noqa: E402
-from rtbus.metrics.histogram import Histogram  # noqa: E402
 from rtbus.session import Session  # noqa: E402
-from rtbus.websocket.budget import ReceiveBudget  # noqa: E402
 from rtbus.websocket.connection import WebsocketConnection  # noqa: E402
-from rtbus.websocket.deflate import OutgoingMessages  # noqa: E402
-from rtbus.websocket.hub import WebsocketSettings  # noqa: E402
-from rtbus.websocket.timers import TimerQueue  # noqa: E402
 
-try:   # the hub's send counts; older trees kept them in hub.counters
-    from rtbus.websocket.hub import SentBatches  # noqa: E402
-except ImportError:
-    SentBatches = None
-
-
-class _Sessions:
-    """Public sessions only: nothing to look up."""
-
-    def check(self, session):
-        return session
-
-    def check_cached(self, session):
-        return session
-
-
-class _Dispatcher:
-    def unsubscribe(self, connection):
-        pass
-
-
-class StubHub:
-    """What a WebsocketConnection uses of its hub, with the real settings."""
-
-    def __init__(self):
-        self.settings = WebsocketSettings.from_config(Config.defaults())
-        self.receive_budget = ReceiveBudget(self.settings.receive_budget)
-        self.counters = collections.Counter()
-        self.latency = Histogram()
-        if SentBatches is not None:
-            self.sent = SentBatches(self.latency)
-        self.outgoing = OutgoingMessages(None)
-        self.sessions = _Sessions()
-        self.dispatcher = _Dispatcher()
-        self.timers = TimerQueue(operator.methodcaller("timer_due"))
-
-    def sent_count(self, name: str) -> int:
-        sent = getattr(self, "sent", None)
-        return self.counters[name] + (getattr(sent, name) if sent is not None else 0)
-
-    def forget(self, connection):
-        pass
-
-    def count_close(self, code):
-        pass
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+from stub_hub import StubHub  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """What one idle websocket holds, in one gevent process, without the network.
 
 N `WebsocketConnection`s are served over socketpairs (public sessions, the stub hub of
-`ws_fanout.py`, the real settings) and left idle, waiting for bytes. Prints the
+`tests/stub_hub.py`, the real settings) and left idle, waiting for bytes. Prints the
 memory per connection that tracemalloc sees once they are built and once they wait,
 the RSS growth per connection, and the allocation sites that hold the most while they
 wait. A comparison between versions of the code: the server's figure (RSS growth over

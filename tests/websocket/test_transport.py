@@ -397,6 +397,24 @@ def test_sigterm_closes_websockets_with_1001(start_server):
     assert "SIGKILL" not in server.log()
 
 
+def test_a_second_sigterm_drops_the_websockets_that_did_not_answer_the_1001(start_server):
+    # No greenlet serves an idle websocket: the fast stop drops them through the hub.
+    server = start_server("--workers=1", "--max-cron-threads=0")
+    raw = RawWebsocket(server.longpolling_port, timeout=10)
+    try:
+        raw.send_text(json.dumps({"event_name": "subscribe", "data": {"channels": [], "last": 0}}))
+        raw.barrier()
+        server.signal(signal.SIGTERM)
+        assert raw.read_close()[0] == 1001          # and never echoed
+        server.signal(signal.SIGTERM)
+        # Dropped well before the 15 s an unanswered close is otherwise given.
+        assert raw.closed_by_peer(timeout=8)
+    finally:
+        raw.close()
+    server.wait_log(r"stopping fast")
+    assert server.wait_exit(20) is not None
+
+
 def test_single_mode_serves_websockets_too(start_server, server_env):
     server = start_server("--workers=0", "--max-cron-threads=0", "--bus-api-key=k")
     ws = connect(server.http_port)
