@@ -225,7 +225,10 @@ class WebsocketConnection:
     def _on_readable(self) -> None:
         # The read watcher's callback, in the event loop: it must not block. No more is
         # read until the greenlet is done with this.
-        self._readable.stop()
+        readable = self._readable
+        if readable is None:
+            return          # closed by _terminate after libev had queued this call
+        readable.stop()
         self._reader = gevent.spawn(self._read)
 
     def _read(self, data: bytes | None = None) -> None:
