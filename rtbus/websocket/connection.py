@@ -88,7 +88,8 @@ class WebsocketConnection:
     # Thousands of these live at once, most of them idle: no per-instance dict.
     __slots__ = ("hub", "id", "sock", "session", "dbname", "remote", "protocol", "mailbox",
                  "limiter", "opened_at", "last_activity", "expires_at", "ping_deadline",
-                 "close_deadline", "close_code", "_readable", "_initial", "_send_lock", "_terminated", "_subscribed",
+                 "close_deadline", "close_code", "_readable", "_initial", "_send_lock",
+                 "_terminated", "_subscribed",
                  "_bad_events", "_writer", "_mail", "_writer_parked_since", "_retire_writer",
                  "_unsent", "subscribe_request", "following", "_reader", "_on_end")
 
@@ -235,13 +236,14 @@ class WebsocketConnection:
         """Read what the socket holds (or act on `data`, which came with the handshake),
         then wait for more, or finish the connection once it is over."""
         try:
-            if data is None and not self._terminated:
-                data = self._recv()
-            if data:
-                self._receive(data)
-            # b"": the peer went away without a close frame.
-            if data == b"" or self.protocol.should_close_transport():
-                self._terminate()
+            if not self._terminated:    # it may have been dropped before this ran
+                if data is None:
+                    data = self._recv()
+                if data:
+                    self._receive(data)
+                # b"": the peer went away without a close frame.
+                if data == b"" or self.protocol.should_close_transport():
+                    self._terminate()
         except Exception:
             _logger.exception("%s: failed while reading", self)
             self._terminate()
@@ -345,7 +347,7 @@ class WebsocketConnection:
             self.close(outcome.close_code, outcome.close_reason)
 
     # -- timers ----------------------------------------------------------
-    def _next_deadline(self) -> float:
+    def _next_deadline(self) -> float | None:
         """When the timers must next be looked at (monotonic seconds)."""
         candidates = [self.ping_deadline, self.close_deadline]
         if self.protocol.state is State.OPEN:
