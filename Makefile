@@ -28,10 +28,13 @@ run: install
 	$(BIN)/rtbus-server --workers=2 --demo-mode $(ARGS)
 
 ## Run the whole test suite (it starts its own throwaway PostgreSQL clusters, and its own
-## nginx and headless Chromium, installed here with apt-get when missing and possible).
+## nginx (with the Nchan module, for the --compare test) and headless Chromium, installed
+## here with apt-get when missing and possible).
 test: install
 	sh scripts/ensure-program.sh nginx "nginx-light nginx" nginx /usr/sbin/nginx
 	sh scripts/ensure-program.sh chromium chromium chromium /usr/bin/chromium chromium-browser
+	sh scripts/ensure-program.sh "nginx's Nchan module (rtbus-bench --compare)" libnginx-mod-nchan \
+		/usr/lib/nginx/modules/ngx_nchan_module.so
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## Regenerate the derived documentation and sample configuration.

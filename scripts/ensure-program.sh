@@ -1,15 +1,20 @@
 #!/bin/sh
-# Install a system program the test suite drives (nginx, Chromium) when it is missing and
-# apt-get can do it: ensure-program.sh WHAT "PACKAGE [FALLBACK_PACKAGE]" CANDIDATE...
+# Install a system program the test suite drives (nginx, Chromium, the Nchan module of
+# nginx) when it is missing and apt-get can do it:
+# ensure-program.sh WHAT "PACKAGE [FALLBACK_PACKAGE]" CANDIDATE...
 # Never fails: without the program, the tests that need it are skipped, and say why.
 set -u
 what=$1
 packages=$2
 shift 2
 for candidate in "$@"; do
+    # A command on PATH, or an absolute path to any file (a module such as Nchan's .so).
     if command -v "$candidate" >/dev/null 2>&1; then
         exit 0
     fi
+    case $candidate in
+        /*) [ -e "$candidate" ] && exit 0 ;;
+    esac
 done
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "ensure-program: $what is missing and cannot be installed here (needs root and apt-get);" \

@@ -18,8 +18,11 @@ import time
 POLL_INTERVAL = 0.02     # seconds between two looks; short, since a look is cheap
 
 
-def poll(predicate, timeout: float, interval: float = POLL_INTERVAL):
-    """Call `predicate` until it returns a truthy value (returned) or `timeout` s pass (None)."""
+def poll(predicate, timeout: float, interval: float = POLL_INTERVAL, sleep=time.sleep):
+    """Call `predicate` until it returns a truthy value (returned) or `timeout` s pass (None).
+
+    In-process tests of gevent code pass ``sleep=gevent.sleep``, so the loop runs meanwhile.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -28,12 +31,13 @@ def poll(predicate, timeout: float, interval: float = POLL_INTERVAL):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
-        time.sleep(min(interval, remaining))
+        sleep(min(interval, remaining))
 
 
-def wait_until(predicate, timeout: float, interval: float = POLL_INTERVAL, message: str = "condition"):
+def wait_until(predicate, timeout: float, interval: float = POLL_INTERVAL, message: str = "condition",
+               sleep=time.sleep):
     """`poll`, failing the test after `timeout` s; returns the predicate's truthy value."""
-    value = poll(predicate, timeout, interval)
+    value = poll(predicate, timeout, interval, sleep)
     if not value:
         import pytest
 

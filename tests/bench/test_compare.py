@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from rtbus.bench import compare
+from rtbus.bench import compare, nchan
 from rtbus.bench.options import UsageError, parse
 
 RTBUS_BENCH = os.path.join(os.path.dirname(sys.executable), "rtbus-bench")
@@ -144,13 +144,10 @@ def test_a_side_without_cpu_figures_gives_no_ratio():
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.skipif(nchan.available() is not None, reason=f"{nchan.available()} (make test installs it)")
 def test_two_nchans_compared_in_one_command():
     """The whole path with real servers: nginx masters resolved to their workers for CPU,
     Nchan publishing, one table. Two Nchans, so that no PostgreSQL is needed."""
-    from rtbus.bench import nchan
-    missing = nchan.available()
-    if missing:
-        pytest.skip(missing)
     from rtbus.bench.probe import resolve_server_pids
     from serverproc import clean_environ
     with nchan.NchanServer() as first, nchan.NchanServer() as second:

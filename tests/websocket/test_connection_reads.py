@@ -4,7 +4,6 @@ while idle, frames handled in order, one end per connection."""
 from __future__ import annotations
 
 import gc
-import time
 
 import gevent
 import gevent.socket
@@ -14,6 +13,7 @@ from rtbus.session import Session
 from rtbus.websocket.connection import WebsocketConnection
 from rtbus.websocket.frames import Frame, FrameParser, Opcode, encode_close
 from stub_hub import StubHub
+from waiting import wait_until
 
 
 def mask_frame(opcode: Opcode, payload: bytes) -> bytes:
@@ -35,10 +35,7 @@ def open_connections(hub, n):
 
 
 def run_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "not reached in time"
-        gevent.sleep(0.01)
+    wait_until(predicate, timeout, sleep=gevent.sleep)
 
 
 def read_frames(client, count):
@@ -60,7 +57,7 @@ def test_an_idle_connection_holds_no_greenlet():
     hub = StubHub()
     before = live_greenlets()
     connections, clients, _ = open_connections(hub, 50)
-    gevent.sleep(0.05)
+    gevent.idle()         # whatever the starts spawned has run
     assert live_greenlets() - before < 5
     for connection in connections:
         connection.abort()
@@ -84,7 +81,7 @@ def test_a_close_is_echoed_and_the_connection_ends_once():
     assert frame.opcode is Opcode.CLOSE
     run_until(lambda: ends)
     connection.abort()
-    gevent.sleep(0.05)
+    gevent.idle()         # a second end, if one were spawned, would have run
     assert ends == [0] and hub.forgotten == [connection] and hub.unsubscribed == [connection]
 
 
@@ -94,5 +91,5 @@ def test_a_peer_that_goes_away_ends_the_connection_once():
     clients[0].close()
     connections[1].abort()
     run_until(lambda: len(ends) == 2)
-    gevent.sleep(0.05)
+    gevent.idle()
     assert sorted(ends) == [0, 1] and len(hub.forgotten) == 2

@@ -7,6 +7,7 @@ import time
 import gevent
 
 from rtbus.websocket.timers import TimerQueue
+from waiting import wait_until
 
 
 def scheduled(*deadlines):
@@ -22,10 +23,7 @@ def scheduled(*deadlines):
 
 def run_until(predicate, timeout: float = 5.0) -> None:
     """Let the gevent loop run until `predicate()` holds, at most `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "the timer did not fire in time"
-        gevent.sleep(0.01)
+    wait_until(predicate, timeout, sleep=gevent.sleep, message="the timer to fire")
 
 
 def test_items_fire_once_each_in_deadline_order():
@@ -33,16 +31,14 @@ def test_items_fire_once_each_in_deadline_order():
     run_until(lambda: len(fired) == 2)
     assert [item for item, _ in fired] == ["early", "late"]
     assert all(at >= now + 0.02 for _, at in fired)
-    gevent.sleep(0.1)
-    assert len(fired) == 2 and len(queue) == 0
+    assert len(queue) == 0        # nothing is left to fire again
 
 
 def test_a_new_deadline_replaces_the_old_one():
-    fired, _, now = scheduled(("a", 0.01), ("a", 0.1))
+    fired, queue, now = scheduled(("a", 0.01), ("a", 0.1))
     run_until(lambda: fired)
     assert fired[0][1] >= now + 0.1
-    gevent.sleep(0.05)
-    assert len(fired) == 1
+    assert len(fired) == 1 and len(queue) == 0
 
 
 def test_none_removes_a_deadline():
