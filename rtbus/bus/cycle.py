@@ -99,21 +99,30 @@ def deliver(wants: dict[Subscriber, list[Row]], limits: Limits, counters: dict,
     """
     if not wants:
         return
-    # The same rows for many subscribers: cut into pages and encoded once.
+    # The same rows for many subscribers: cut into pages and encoded once. fan_out
+    # hands every subscriber of a channel the same list, so the list itself is looked
+    # up first (kept alive in `by_list`, so that its id is not reused meanwhile) and its
+    # ids only once per list.
     batches: dict[tuple[int, ...], list[tuple[bytes, list[int], list[Row]]]] = {}
+    by_list: dict[int, tuple[list[Row], list[tuple[bytes, list[int], list[Row]]]]] = {}
     puts = delivered = 0     # booked once per call: the loop runs once per subscriber
     try:
         for sub, rows in wants.items():
             mailbox = sub.mailbox
             if mailbox.overflowed or mailbox.closed:
                 continue           # the transport is closing it; it will unsubscribe
-            signature = tuple([row.id for row in rows])
-            encoded = batches.get(signature)
-            if encoded is None:
-                encoded = batches[signature] = [
-                    (delivery.encode(page), [row.id for row in page], page)
-                    for page in limits.pages(rows)]
-                counters["batches_encoded"] += len(encoded)
+            known = by_list.get(id(rows))
+            if known is not None:
+                encoded = known[1]
+            else:
+                signature = tuple([row.id for row in rows])
+                encoded = batches.get(signature)
+                if encoded is None:
+                    encoded = batches[signature] = [
+                        (delivery.encode(page), [row.id for row in page], page)
+                        for page in limits.pages(rows)]
+                    counters["batches_encoded"] += len(encoded)
+                by_list[id(rows)] = (rows, encoded)
             for batch, ids, page in encoded:
                 if not mailbox.put(batch, ids, since):
                     if mailbox.overflowed:

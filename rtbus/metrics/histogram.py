@@ -23,7 +23,8 @@ class Histogram:
         self.count = 0
 
     def observe(self, value: float) -> None:
-        value = max(float(value), 0.0)
+        if not value > 0.0:      # negative, or NaN: counted as 0 (max(), but cheaper per call)
+            value = 0.0
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sum += value
         self.count += 1

@@ -273,8 +273,10 @@ class SentBatches:
         self.batches_compressed = 0
         self.batches_written_through = 0
 
-    def count(self, frame: bytes, since: float | None, written_through: bool) -> None:
-        """One batch sent as `frame`; `since` is when its NOTIFY arrived (None: unknown)."""
+    def count(self, frame: bytes, since: float | None, written_through: bool,
+              now: float | None = None) -> None:
+        """One batch sent as `frame`; `since` is when its NOTIFY arrived (None: unknown),
+        `now` the monotonic time it was sent (None: read here)."""
         self.batches_sent += 1
         self.batch_bytes_sent += len(frame)
         if is_compressed_frame(frame):
@@ -282,7 +284,7 @@ class SentBatches:
         if written_through:
             self.batches_written_through += 1
         if since is not None:
-            self.latency.observe(time.monotonic() - since)
+            self.latency.observe((time.monotonic() if now is None else now) - since)
 
     def counts(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__[1:]}
