@@ -450,7 +450,7 @@ class WebsocketConnection:
         frame = self.protocol.send_message(self.hub.outgoing.get(batch))
         data = self.protocol.data_to_send()
         try:
-            # The non-blocking socket gevent's wraps: its send() is that call inside a
+            # The non-blocking socket that gevent's wraps: its send() is this call inside a
             # Python frame, about 0.3 µs per delivery, and we never want it to wait.
             sent = self.sock._sock.send(data)
         except BlockingIOError:
