@@ -96,18 +96,34 @@ class Application:
         return self.services.serves_subscribers
 
     def __call__(self, environ, start_response):
+        refusal = self._screen(environ)
+        if refusal is not None:
+            return refusal(environ, start_response)
+        request = Request(environ)
+        response = self.dispatch(request)
+        return response(environ, start_response)
+
+    def upgrade(self, environ) -> websocket_route.Accepted | Response:
+        """``GET /websocket`` without the routing map nor a werkzeug response: what the
+        evented edge calls for it (the same screening, route and error answers as
+        `__call__`). Accepted, whose 101 the caller writes, or the refusal to send."""
+        refusal = self._screen(environ)
+        if refusal is not None:
+            return refusal
+        request = Request(environ)
+        try:
+            return websocket_route.accept(self, request)
+        except Exception as exc:
+            return self._failed(request, exc)
+
+    def _screen(self, environ) -> Response | None:
         if self.config.proxy_mode:
             # Here, before anything reads the environ: routes, the websocket layer and
             # the access logs of both server kinds all see the real client.
             proxy.apply_forwarded(environ)
         # Then, before anything reads the cookie: a foreign page's request never acts as
         # the visitor's session (rtbus.http.origin).
-        refusal = self.origins.screen(environ)
-        if refusal is not None:
-            return refusal(environ, start_response)
-        request = Request(environ)
-        response = self.dispatch(request)
-        return response(environ, start_response)
+        return self.origins.screen(environ)
 
     def dispatch(self, request: Request) -> Response:
         adapter = self.url_map.bind_to_environ(request.environ)
@@ -120,15 +136,19 @@ class Application:
             allowed = ", ".join(exc.valid_methods or ())
             return error_response(405, f"{request.method} is not allowed on {request.path}; use {allowed}",
                                   {"Allow": allowed})
-        except HTTPException as exc:
-            return error_response(exc.code or 500, exc.description or exc.name)
-        except Exception as exc:   # each error class maps to one outcome, in errors.py
-            outcome = errors.wire_outcome(exc)
-            headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
-            if outcome is errors.UNEXPECTED:
-                _logger.exception("error while serving %s %s", request.method, request.path)
-                return error_response(500, "internal server error")
-            _logger.log(logging.DEBUG if outcome.routine else logging.WARNING, "%s %s: %s",
-                        request.method, request.path, exc)
-            return error_response(outcome.http_status, str(exc), headers)
+        except Exception as exc:
+            return self._failed(request, exc)
 
+    def _failed(self, request: Request, exc: Exception) -> Response:
+        """The answer to an error a route raised."""
+        if isinstance(exc, HTTPException):
+            return error_response(exc.code or 500, exc.description or exc.name)
+        # Each error class maps to one outcome, in errors.py.
+        outcome = errors.wire_outcome(exc)
+        headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
+        if outcome is errors.UNEXPECTED:
+            _logger.exception("error while serving %s %s", request.method, request.path)
+            return error_response(500, "internal server error")
+        _logger.log(logging.DEBUG if outcome.routine else logging.WARNING, "%s %s: %s",
+                    request.method, request.path, exc)
+        return error_response(outcome.http_status, str(exc), headers)

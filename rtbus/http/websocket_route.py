@@ -27,8 +27,40 @@ def _misrouted(app, request: Request) -> Response:
     return error_response(421, message)
 
 
+class Accepted:
+    """A handshake the route accepted: the 101's key and extensions, and `serve(sock,
+    initial, on_end)`, which hands the socket to the hub once the 101 is written."""
+
+    __slots__ = ("key", "extensions", "serve")
+
+    def __init__(self, key: str, extensions: str | None, serve):
+        self.key = key
+        self.extensions = extensions
+        self.serve = serve
+
+    def head(self) -> bytes:
+        """The 101 answer, status line to blank line, as one buffer (the status line
+        werkzeug writes: the same bytes whichever path answered)."""
+        lines = ["HTTP/1.1 101 SWITCHING PROTOCOLS",
+                 *(f"{name}: {value}" for name, value in handshake.response_headers(self.key, self.extensions))]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 def websocket(app, request: Request) -> Response:
-    """Validate the upgrade and answer 101; the hub serves the socket afterwards."""
+    """The routing map's endpoint: the 101 as a werkzeug response, the hand-over left in
+    the environ (``rtbus.upgrade``) for the edge."""
+    answer = accept(app, request)
+    if not isinstance(answer, Accepted):
+        return answer
+    response = Response(status=101, headers=handshake.response_headers(answer.key, answer.extensions))
+    del response.headers["Content-Type"]
+    request.environ["rtbus.upgrade"] = answer.serve
+    return response
+
+
+def accept(app, request: Request) -> Accepted | Response:
+    """Validate the upgrade: Accepted, or the response that refuses it (the hub serves
+    an accepted socket once the 101 is written)."""
     from rtbus.errors import SessionExpired
     from rtbus.session import sid_from_cookie_header
 
@@ -55,13 +87,10 @@ def websocket(app, request: Request) -> Response:
     # Never a Set-Cookie on the 101 (Odoo's released handlers mark the session dirty so
     # that one rides on it): some browsers let a cookie on an upgrade answer replace the
     # page's own session. What rtbus knows of a session stays in rtbus_session.
-    response = Response(status=101, headers=handshake.response_headers(key, extensions))
-    del response.headers["Content-Type"]
     remote = request.remote_addr or "?"
 
     def serve(sock, initial: bytes, on_end) -> None:
         app.hub.serve(sock, session, remote=remote, initial=initial, outdated=outdated, expired=expired,
                       deflate=params, on_end=on_end)
 
-    request.environ["rtbus.upgrade"] = serve
-    return response
+    return Accepted(key, extensions, serve)

@@ -19,10 +19,10 @@ import time
 
 import gevent
 import gevent.pool
-import gevent.socket
 from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from rtbus.http.proxy import forwarded_client
+from rtbus.http.websocket_route import Accepted
 from rtbus.websocket.request_headers import RequestHeaders
 from rtbus.websocket import frames, handshake
 from rtbus.websocket.edge import REFUSAL_SLOTS, ConnectionCounts, Deadlines, EdgeLimits, Phase, Refusal
@@ -138,6 +138,9 @@ class EdgeServer(WSGIServer):
         self.expired = {phase: 0 for phase in Phase if limits.time_for(phase) is not None}
         self.heads_too_large = 0
         self._sweeper = None
+        # Sockets whose websocket owns them now: the end of their handler's greenlet
+        # must not close them (`do_close`).
+        self.handed_over: set = set()
 
     def start(self):
         super().start()
@@ -158,6 +161,13 @@ class EdgeServer(WSGIServer):
                 "refused": {reason.name.lower(): n for reason, n in self.counts.refusals.items()},
                 "expired": {phase.value: n for phase, n in self.expired.items()},
                 "heads_too_large": self.heads_too_large}
+
+    def do_close(self, sock, *args):
+        # Called once the handler's greenlet is done with the socket it was given.
+        if sock in self.handed_over:
+            self.handed_over.discard(sock)
+            return
+        super().do_close(sock, *args)
 
     # -- per connection (called by the handler) --------------------------
     def track(self, address) -> _Tracked:
@@ -251,13 +261,17 @@ class EdgeHandler(WSGIHandler):
     life, and this greenlet ends: an idle websocket has none (rtbus.websocket.connection).
     It is handed over only once pywsgi is done with the request, and after the handler
     has let go of it: its buffered reader (8 KB), the WSGI environ and the werkzeug
-    request would otherwise stay alive as long as the websocket. Its descriptor is
-    detached first (gevent's server closes the socket it accepted when the handler's
-    greenlet ends), and the connection's count and its access log line are the
-    websocket's to settle when it ends (`_Upgraded.ended`).
+    request would otherwise stay alive as long as the websocket. The server is told
+    not to close the socket when the handler's greenlet ends (`EdgeServer.do_close`),
+    and the connection's count and its access log line are the websocket's to settle
+    when it ends (`_Upgraded.ended`).
+
+    ``GET /websocket`` skips the routing map and pywsgi's response writer: the
+    application's `upgrade` answers it from the environ, and an accepted handshake's
+    101 leaves in one send (`_write_upgrade`); a refusal is written as any response.
     """
 
-    _upgrade = None     # (serve, socket, bytes already read) once a 101 was written
+    _upgrade = None     # (serve, socket, bytes already read, reader) once a 101 was written
     _tracked: _Tracked | None = None
     _requests = 0
 
@@ -385,17 +399,18 @@ class EdgeHandler(WSGIHandler):
     # -- the websocket hand-off ------------------------------------------
     def _serve_upgraded(self, tracked: _Tracked) -> bool:
         """Hand the socket to the websocket layer; True once it owns the connection."""
-        serve, sock, initial = self._upgrade
-        upgraded = _Upgraded(self.server, tracked, self._access_fields(), self.time_start)
+        serve, sock, initial, rfile = self._upgrade
+        # Its buffered reader goes now: while one is open, closing the socket would
+        # leave its descriptor open.
+        rfile.close()
+        server = self.server
+        upgraded = _Upgraded(server, tracked, self._access_fields(), self.time_start)
         # Everything pywsgi kept for the request (environ, headers, the request,
         # the response) goes now; the websocket needs none of it.
         self.__dict__.clear()
         tracked.greenlet = None     # no greenlet serves it from now on
-        try:
-            upgraded.sock = gevent.socket.socket(fileno=sock.detach())
-        except OSError:
-            sock.close()
-            return False
+        upgraded.sock = sock
+        server.handed_over.add(sock)
         try:
             serve(upgraded.sock, initial, upgraded.ended)
         except Exception:
@@ -441,14 +456,37 @@ class EdgeHandler(WSGIHandler):
         super().finalize_headers()
 
     def run_application(self):
+        environ = self.environ
+        upgrade = getattr(self.application, "upgrade", None)
+        if upgrade is not None and environ["REQUEST_METHOD"] == "GET" and environ["PATH_INFO"] == "/websocket":
+            # The handshake's own path: no routing map, no werkzeug response, no
+            # pywsgi response writer for the 101 (issue 17).
+            answer = upgrade(environ)
+            if isinstance(answer, Accepted):
+                self._write_upgrade(answer)
+                return
+            self.application = answer       # a refusal: a WSGI response pywsgi writes
         super().run_application()
         upgrade = self.environ.pop("rtbus.upgrade", None)
         if upgrade is None or self.code != 101:
             return
-        self.close_connection = True
+        self._take_socket(upgrade)
+
+    def _write_upgrade(self, answer: Accepted) -> None:
+        """Send the 101 in one write and keep the hand-over for handle()."""
+        head = answer.head()
+        self.code, self._orig_status = 101, "101 SWITCHING PROTOCOLS"
+        self.status = self._orig_status.encode("latin-1")
+        self.headers_sent = True
+        self.socket.sendall(head)
+        self.response_length = len(head)
+        self._take_socket(answer.serve)
+
+    def _take_socket(self, serve) -> None:
         # handle() serves it once pywsgi is done; without its socket, pywsgi's
         # clean-up leaves the connection open.
-        self._upgrade = (upgrade, self.socket, self._buffered_input())
+        self.close_connection = True
+        self._upgrade = (serve, self.socket, self._buffered_input(), self.rfile)
         self.socket = None
 
     def _buffered_input(self) -> bytes:
