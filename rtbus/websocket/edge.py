@@ -74,17 +74,22 @@ class EdgeLimits:
 class Deadlines:
     """The current deadline of each item, in one heap swept by `due`.
 
-    `set` replaces an item's deadline (None removes it); superseded heap entries stay
-    until they surface and are skipped, and the heap is rebuilt when they outnumber the
-    live ones. Not thread-safe: used from one event loop.
+    `set` replaces an item's deadline (None removes it). A replaced or removed entry
+    gives up its item at once (its slot is cleared: an ended connection is not kept
+    alive by the heap until its old deadline surfaces) and stays as an empty entry,
+    skipped when it surfaces; the heap is rebuilt when empty entries outnumber the live
+    ones. Not thread-safe: used from one event loop.
     """
 
     COMPACT_SLACK = 1024
+    # A heap entry: [when, sequence number, item or None once superseded]. Lists, so the
+    # slot can be cleared; `when` and the unique sequence number decide every comparison.
+    _ITEM = 2
 
     def __init__(self, clock=time.monotonic):
         self._clock = clock
-        self._heap: list[tuple[float, int, object]] = []
-        self._current: dict[object, int] = {}
+        self._heap: list[list] = []
+        self._current: dict[object, list] = {}
         self._seq = itertools.count()
 
     def __len__(self) -> int:
@@ -92,12 +97,13 @@ class Deadlines:
 
     def set(self, item, seconds: float | None) -> None:
         """Give `item` a deadline `seconds` from now, or none (None)."""
-        if seconds is None:
-            self._current.pop(item, None)
-            return
-        seq = next(self._seq)
-        self._current[item] = seq
-        heapq.heappush(self._heap, (self._clock() + seconds, seq, item))
+        old = self._current.pop(item, None)
+        if old is not None:
+            old[self._ITEM] = None
+        if seconds is not None:
+            entry = [self._clock() + seconds, next(self._seq), item]
+            self._current[item] = entry
+            heapq.heappush(self._heap, entry)
         if len(self._heap) > 2 * len(self._current) + self.COMPACT_SLACK:
             self._compact()
 
@@ -108,21 +114,21 @@ class Deadlines:
         heap, current = self._heap, self._current
         passed = []
         while heap and heap[0][0] <= now and (limit is None or len(passed) < limit):
-            _, seq, item = heapq.heappop(heap)
-            if current.get(item) == seq:
+            item = heapq.heappop(heap)[self._ITEM]
+            if item is not None:
                 del current[item]
                 passed.append(item)
         return passed
 
     def next_at(self) -> float | None:
         """The earliest deadline still set (on the table's clock), or None."""
-        heap, current = self._heap, self._current
-        while heap and current.get(heap[0][2]) != heap[0][1]:
+        heap = self._heap
+        while heap and heap[0][self._ITEM] is None:
             heapq.heappop(heap)         # superseded or removed
         return heap[0][0] if heap else None
 
     def _compact(self) -> None:
-        self._heap = [entry for entry in self._heap if self._current.get(entry[2]) == entry[1]]
+        self._heap = [entry for entry in self._heap if entry[self._ITEM] is not None]
         heapq.heapify(self._heap)
 
 
