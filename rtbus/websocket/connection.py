@@ -274,10 +274,11 @@ class WebsocketConnection:
         received = self.protocol.receive_data(data)
         for _ in range(self.protocol.frames_received - before):
             if not self.limiter.allow(now):
-                self.hub.counters["rate_limited"] += 1
-                _logger.info("%s: more than %d frames in %.1f s; closing with 1013", self,
-                             self.limiter.burst, self.limiter.window)
-                self.close(CloseCode.TRY_LATER, "rate limit exceeded")
+                if self.protocol.state is State.OPEN:    # counted and logged once, not per read
+                    self.hub.counters["rate_limited"] += 1
+                    _logger.info("%s: more than %d frames in %.1f s; closing with 1013", self,
+                                 self.limiter.burst, self.limiter.window)
+                    self.close(CloseCode.TRY_LATER, "rate limit exceeded")
                 return
         for event in received:
             self._handle(event)

@@ -180,6 +180,24 @@ def test_eleven_frames_at_once_close_with_1013(server):
         raw.close()
 
 
+def test_floods_after_the_1013_are_not_counted_again(server):
+    """Frames that keep coming while our close awaits its echo are dropped, not counted
+    (nor logged) as one more rate-limit close each."""
+    before = metric(server.longpolling_port, "rtbus_rate_limit_closes_total")
+    raw = RawWebsocket(server.longpolling_port)
+    try:
+        flood = b"".join(Frame(True, Opcode.PING, b"x").serialize(mask=b"abcd") for _ in range(50))
+        raw.send_raw(flood)
+        assert raw.read_close() == (1013, "rate limit exceeded")
+        for _ in range(5):
+            raw.send_raw(flood)
+        raw.send_frame(Opcode.CLOSE, encode_close(1000))     # the echo: the server then hangs up
+        assert raw.closed_by_peer()
+    finally:
+        raw.close()
+    assert metric(server.longpolling_port, "rtbus_rate_limit_closes_total") == before + 1
+
+
 def test_paced_frames_stay_open(server):
     ws = connect(server.longpolling_port)
     try:
