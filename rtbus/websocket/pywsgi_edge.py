@@ -375,6 +375,15 @@ class EdgeHandler(WSGIHandler):
         return EdgeAnswer("101", ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + close.serialize(),
                           refusal.value)
 
+    def log_error(self, msg, *args):
+        # pywsgi calls this only for a request it could not parse (a bad request line or
+        # head, already answered 400): the client's doing, so not at ERROR, where any
+        # client could write alerting lines at will.
+        if args:
+            _logger.info("bad request from %s: " + msg, self._peer(), *args)
+        else:
+            _logger.info("bad request from %s: %s", self._peer(), msg)
+
     def _handle_client_error(self, ex):
         if isinstance(ex, EdgeAnswer):
             _logger.info("refused %s from %s: %s", self.requestline, self._peer(), ex)

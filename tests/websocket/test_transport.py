@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import struct
 import threading
 import time
@@ -196,6 +197,17 @@ def test_floods_after_the_1013_are_not_counted_again(server):
     finally:
         raw.close()
     assert metric(server.longpolling_port, "rtbus_rate_limit_closes_total") == before + 1
+
+
+def test_a_request_line_of_frame_bytes_is_answered_400_and_not_logged_as_an_error(server):
+    """What a client that keeps talking websocket after a refused handshake sends: the
+    client's doing, so an INFO line, never one at ERROR that any client could write."""
+    with socket.create_connection(("127.0.0.1", server.longpolling_port), timeout=5) as sock:
+        sock.sendall(b"\x88\x82abcd\x62\x2b\r\n\r\n")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    server.wait_log(r"INFO .*bad request from 127\.0\.0\.1: .*Invalid HTTP method")
+    assert not [row for row in server.log().splitlines() if " ERROR " in row and "Invalid HTTP method" in row]
 
 
 def test_paced_frames_stay_open(server):
