@@ -1,13 +1,14 @@
 """The handshake route's own path (issue 17): the 101 the edge writes from `Accepted` is
-the one pywsgi writes for the routing map's werkzeug response, and the headers it checks
-give check_request the answer werkzeug's EnvironHeaders gives."""
+the one pywsgi writes for the routing map's werkzeug response and is sent whole, and the
+headers it checks give check_request the answer werkzeug's EnvironHeaders gives."""
 
 import pytest
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wrappers import Response
 
-from rtbus.http.websocket_route import Accepted, _request_headers
+from rtbus.http.websocket_route import Accepted, _extension_offers, _request_headers
 from rtbus.websocket import handshake
+from rtbus.websocket.pywsgi_edge import send_head
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="   # RFC 6455 §1.3
 
@@ -67,3 +68,34 @@ def test_the_headers_checked_give_werkzeugs_answer(changes):
             return exc.status, exc.message
 
     assert answer(_request_headers(environ)) == answer(EnvironHeaders(environ))
+
+
+class _Kernel:
+    """A socket whose send takes at most `take` bytes, recording what was sent and how."""
+
+    def __init__(self, take: int):
+        self.take, self.calls, self.data = take, [], b""
+
+    def send(self, data):
+        self.calls.append("send")
+        self.data += bytes(data[:self.take])
+        return min(self.take, len(data))
+
+    def sendall(self, data):
+        self.calls.append("sendall")
+        self.data += bytes(data)
+
+
+@pytest.mark.parametrize("take, calls", [(1000, ["send"]), (10, ["send", "sendall"])])
+def test_the_101_is_sent_whole_in_one_send_or_finished_by_sendall(take, calls):
+    head = Accepted(KEY, None, None).head()
+    sock = _Kernel(take)
+    send_head(sock, head)
+    assert sock.data == head
+    assert sock.calls == calls
+
+
+@pytest.mark.parametrize("offers", [None, "permessage-deflate", "permessage-deflate, x-webkit-deflate-frame"])
+def test_the_extension_offers_read_from_the_environ_are_werkzeugs(offers):
+    environ = _environ(**({} if offers is None else {"SEC_WEBSOCKET_EXTENSIONS": offers}))
+    assert _extension_offers(environ) == EnvironHeaders(environ).getlist("Sec-WebSocket-Extensions")
