@@ -41,7 +41,7 @@ class StubHub:
     def sent_count(self, name: str) -> int:
         """A send count (`batches_sent`...), wherever this tree keeps it."""
         sent = getattr(self, "sent", None)
-        return self.counters[name] + (getattr(sent, name) if sent is not None else 0)
+        return self.counters[name] + (sent.counts()[name] if sent is not None else 0)
 
     def unsubscribe(self, connection) -> None:
         self.unsubscribed.append(connection)

@@ -1,8 +1,9 @@
-"""A fixed-bucket histogram, cheap enough to observe on every send."""
+"""A fixed-bucket histogram, cheap enough to observe on every send, or once for many."""
 
 from __future__ import annotations
 
 import bisect
+import math
 
 # Seconds: from "same millisecond" to "a client was stuck for a while".
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -28,6 +29,29 @@ class Histogram:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sum += value
         self.count += 1
+
+    def observe_elapsed(self, start: float, ends: list[float]) -> None:
+        """Observe `end - start` for every end of `ends`, which must not decrease: the
+        same buckets and count as one `observe` each, for about two bisections per
+        bucket the values span rather than a call per value (the sum is rounded once)."""
+        n = len(ends)
+        if not n:
+            return
+        buckets, counts = self.buckets, self.counts
+        first = bisect.bisect_left(buckets, ends[0] - start)
+        last = bisect.bisect_left(buckets, ends[-1] - start)
+        if first == last:
+            counts[first] += n
+        else:
+            elapsed = lambda end: end - start     # noqa: E731
+            below = 0     # how many of ends fall in the buckets before index `i`
+            for i in range(first, last):
+                upto = bisect.bisect_right(ends, buckets[i], below, n, key=elapsed)
+                counts[i] += upto - below
+                below = upto
+            counts[last] += n - below
+        self.sum += math.fsum([end - start if end > start else 0.0 for end in ends])
+        self.count += n
 
     def snapshot(self) -> dict:
         """{"buckets": [...], "counts": [...non-cumulative, +Inf last], "sum", "count"}."""

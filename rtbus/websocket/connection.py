@@ -463,7 +463,7 @@ class WebsocketConnection:
             self._unsent = memoryview(data)[sent:]
             self._mail = gevent.event.Event()
             self._writer = gevent.spawn(self._writer_loop)
-        self.hub.sent.count(frame, since, True, now)
+        self.hub.sent.through(frame, since, now)
         return True
 
     def _on_mail(self, mailbox) -> None:

@@ -248,7 +248,8 @@ class Hub:
 
     def stats(self) -> dict:
         budget = self.receive_budget
-        return {"open": len(self.connections), **self.counters, **self.sent.counts(),
+        sent = self.sent.counts()     # first: it books the pending write-through run
+        return {"open": len(self.connections), **self.counters, **sent,
                 "closes": dict(self.closes), "receive_budget_used": budget.used,
                 "receive_budget_peak": budget.peak, "receive_budget_refusals": budget.refusals,
                 "latency": self.latency.snapshot()}
@@ -258,13 +259,21 @@ class SentBatches:
     """What the connections sent: batches, bytes, compressed and written-through batches,
     and the delivery latency of each.
 
-    Booked once per delivery by the fan-out (`count`), so the counts are slot integers
-    rather than entries of the hub's `collections.Counter`, whose `+=` costs about three
-    times a plain attribute's. `counts()` gives them under their `stats()` names.
+    The counts are slot integers rather than entries of the hub's `collections.Counter`,
+    whose `+=` costs about three times a plain attribute's. `counts()` gives them under
+    their `stats()` names.
+
+    A writer greenlet's send is booked at once (`count`). Write-through sends come in
+    runs, one per fan-out: every subscriber of one batch, in a row, from the dispatcher's
+    greenlet, with the same shared frame. `through` only notes the send time of each;
+    the run is booked as a whole (counts, and the latencies with one
+    `Histogram.observe_elapsed`) when a send of another frame or `since` comes, or before
+    anything reads the counts (`flush`, called by `counts()`), so that what is read
+    equals what booking each send gives.
     """
 
     __slots__ = ("latency", "batches_sent", "batch_bytes_sent", "batches_compressed",
-                 "batches_written_through")
+                 "batches_written_through", "_run_frame", "_run_since", "_run_times")
 
     def __init__(self, latency: Histogram):
         self.latency = latency
@@ -272,6 +281,9 @@ class SentBatches:
         self.batch_bytes_sent = 0
         self.batches_compressed = 0
         self.batches_written_through = 0
+        self._run_frame: bytes | None = None    # the frame of the run not yet booked
+        self._run_since: float | None = None
+        self._run_times: list[float] = []       # when each send of the run was done
 
     def count(self, frame: bytes, since: float | None, written_through: bool,
               now: float | None = None) -> None:
@@ -286,5 +298,31 @@ class SentBatches:
         if since is not None:
             self.latency.observe((time.monotonic() if now is None else now) - since)
 
+    def through(self, frame: bytes, since: float | None, now: float) -> None:
+        """One batch written through as `frame` at `now` (monotonic), booked with its run."""
+        if frame is self._run_frame and since == self._run_since:
+            self._run_times.append(now)
+        else:
+            self.flush()
+            self._run_frame, self._run_since, self._run_times = frame, since, [now]
+
+    def flush(self) -> None:
+        """Book the write-through run not yet booked, if any."""
+        frame = self._run_frame
+        if frame is None:
+            return
+        times, since = self._run_times, self._run_since
+        self._run_frame = self._run_since = None
+        self._run_times = []
+        n = len(times)
+        self.batches_sent += n
+        self.batch_bytes_sent += n * len(frame)
+        if is_compressed_frame(frame):
+            self.batches_compressed += n
+        self.batches_written_through += n
+        if since is not None:
+            self.latency.observe_elapsed(since, times)
+
     def counts(self) -> dict:
-        return {name: getattr(self, name) for name in self.__slots__[1:]}
+        self.flush()
+        return {name: getattr(self, name) for name in self.__slots__[1:5]}
