@@ -39,11 +39,8 @@ class Accepted:
         self.serve = serve
 
     def head(self) -> bytes:
-        """The 101 answer, status line to blank line, as one buffer (the status line
-        werkzeug writes: the same bytes whichever path answered)."""
-        lines = ["HTTP/1.1 101 SWITCHING PROTOCOLS",
-                 *(f"{name}: {value}" for name, value in handshake.response_headers(self.key, self.extensions))]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        """The 101 answer, status line to blank line, as one buffer."""
+        return handshake.response_head(self.key, self.extensions)
 
 
 # The environ's key of each header the handshake checks (werkzeug's EnvironHeaders

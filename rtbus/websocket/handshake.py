@@ -101,6 +101,15 @@ def response_headers(key: str, extensions: str | None = None) -> list[tuple[str,
     return headers
 
 
+def response_head(key: str, extensions: str | None = None,
+                  reason: str = "SWITCHING PROTOCOLS") -> bytes:
+    """The whole 101 answer to `key`, status line to blank line, as one buffer. The
+    default reason phrase is the one werkzeug writes, so every path sends the same bytes."""
+    lines = [f"HTTP/1.1 101 {reason}",
+             *(f"{name}: {value}" for name, value in response_headers(key, extensions))]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 def is_outdated(version: str | None, user_agent: str | None) -> bool:
     """True when a browser-like client (it sends a User-Agent) runs another worker version.
 

@@ -272,8 +272,8 @@ class SentBatches:
     equals what booking each send gives.
     """
 
-    __slots__ = ("latency", "batches_sent", "batch_bytes_sent", "batches_compressed",
-                 "batches_written_through", "_run_frame", "_run_since", "_run_times")
+    COUNTS = ("batches_sent", "batch_bytes_sent", "batches_compressed", "batches_written_through")
+    __slots__ = ("latency", *COUNTS, "_run_frame", "_run_since", "_run_times")
 
     def __init__(self, latency: Histogram):
         self.latency = latency
@@ -325,4 +325,4 @@ class SentBatches:
 
     def counts(self) -> dict:
         self.flush()
-        return {name: getattr(self, name) for name in self.__slots__[1:5]}
+        return {name: getattr(self, name) for name in self.COUNTS}

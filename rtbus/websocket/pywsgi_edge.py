@@ -23,6 +23,7 @@ from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from rtbus.http.proxy import forwarded_client
 from rtbus.http.websocket_route import Accepted
+from rtbus.websocket.connection import send_all
 from rtbus.websocket.request_headers import RequestHeaders
 from rtbus.websocket import frames, handshake
 from rtbus.websocket.edge import REFUSAL_SLOTS, ConnectionCounts, Deadlines, EdgeLimits, Phase, Refusal
@@ -252,15 +253,6 @@ class _Upgraded:
         _access_logger.info('%s "%s" %s %s %s', *self.access, f"{time.time() - self.started:.3f}s")
 
 
-def send_head(sock, head: bytes) -> None:
-    """Send all of `head`: one send takes a 101's ~160 bytes into an empty socket buffer,
-    where gevent's sendall first asks the kernel for SO_SNDBUF (a getsockopt per
-    handshake, 3.6 % of a ramp's CPU, py-spy, issue 17); sendall sends what is left."""
-    sent = sock.send(head)
-    if sent < len(head):
-        sock.sendall(head[sent:])
-
-
 class EdgeHandler(WSGIHandler):
     """pywsgi's handler with the edge's phases, able to hand an upgraded connection over to
     the websocket hub.
@@ -377,11 +369,9 @@ class EdgeHandler(WSGIHandler):
             return EdgeAnswer("503", _plain("503 Service Unavailable", refusal.value, "Retry-After: 5"),
                               refusal.value)
         # A browser only sees a close code once the handshake succeeded: 1013, try again later.
-        head = ["HTTP/1.1 101 Switching Protocols",
-                *(f"{name}: {value}" for name, value in handshake.response_headers(key))]
         close = frames.Frame(True, frames.Opcode.CLOSE,
                              frames.encode_close(frames.CloseCode.TRY_LATER, refusal.value))
-        return EdgeAnswer("101", ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + close.serialize(),
+        return EdgeAnswer("101", handshake.response_head(key, reason="Switching Protocols") + close.serialize(),
                           refusal.value)
 
     def log_error(self, msg, *args):
@@ -496,7 +486,7 @@ class EdgeHandler(WSGIHandler):
         self.code, self._orig_status = 101, "101 SWITCHING PROTOCOLS"
         self.status = self._orig_status.encode("latin-1")
         self.headers_sent = True
-        send_head(self.socket, head)
+        send_all(self.socket, head)
         self.response_length = len(head)
         self._take_socket(answer.serve)
 

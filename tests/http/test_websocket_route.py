@@ -8,7 +8,7 @@ from werkzeug.wrappers import Response
 
 from rtbus.http.websocket_route import Accepted, _extension_offers, _request_headers
 from rtbus.websocket import handshake
-from rtbus.websocket.pywsgi_edge import send_head
+from rtbus.websocket.connection import send_all
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="   # RFC 6455 §1.3
 
@@ -76,7 +76,8 @@ class _Kernel:
     def __init__(self, take: int):
         self.take, self.calls, self.data = take, [], b""
 
-    def send(self, data):
+    def send(self, data, flags=0, timeout=None):
+        assert timeout == 0.0           # the first send never waits
         self.calls.append("send")
         self.data += bytes(data[:self.take])
         return min(self.take, len(data))
@@ -90,7 +91,7 @@ class _Kernel:
 def test_the_101_is_sent_whole_in_one_send_or_finished_by_sendall(take, calls):
     head = Accepted(KEY, None, None).head()
     sock = _Kernel(take)
-    send_head(sock, head)
+    send_all(sock, head)
     assert sock.data == head
     assert sock.calls == calls
 
